@@ -1,0 +1,127 @@
+"""Settings of the scheduler, read from the environment (the guide's TRAINING_CONFIG names).
+
+One `Settings` class for the whole service; the HTTP edge reads the same object. Relative
+paths resolve against the repository, never the working directory, so `uvicorn` started
+from `backend/` and `make run` from the top see the same files. A bad value fails at
+start-up with a message naming the variable (pydantic-settings does the naming).
+"""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+ML_DIR = REPO_ROOT / "backend" / "ml"
+DEFAULT_DATABASE_FILE = ML_DIR / "logistics.db"
+
+
+def resolve_path(value: str | Path) -> Path:
+    """Resolve a configured path against the repository root."""
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else (REPO_ROOT / path).resolve()
+
+
+def resolve_database_url(url: str) -> str:
+    """Make a relative SQLite file in a URL relative to the repository root."""
+    prefix = "sqlite:///"
+    if url.startswith(prefix) and not url.startswith(prefix + "/"):
+        rest = url[len(prefix):]
+        if rest and rest != ":memory:" and not rest.startswith("file:"):
+            return prefix + str(resolve_path(rest))
+    return url
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="", case_sensitive=True, extra="ignore")
+
+    DATABASE_URL: str = f"sqlite:///{DEFAULT_DATABASE_FILE}"
+    DAILY_TRAINING_TIME: str = "02:00"
+    TRAINING_TIMEZONE: str = "Asia/Kolkata"
+    PERFORMANCE_CHECK_INTERVAL: int = Field(3600, ge=1)
+    MIN_ACCURACY_THRESHOLD: float = Field(0.70, ge=0.0, le=1.0)
+    MODEL_THRESHOLDS: dict[str, float] = Field(default_factory=dict)
+    MAX_RETRAIN_ATTEMPTS: int = Field(3, ge=1, le=10)
+    MODEL_VERSIONING: bool = True
+    BACKUP_MODELS: bool = True
+    BACKUP_RETENTION_DAYS: int = Field(30, ge=0)
+    BACKUP_ENCRYPTION_KEY: str | None = None
+    PROMOTION_TOLERANCE: float = Field(0.005, ge=0.0, le=0.5)
+    KEEP_CANDIDATES: int = Field(3, ge=0)
+    MODELS_DIR: Path = Path("backend/ml/models")
+    LOGS_DIR: Path = Path("backend/ml/logs")
+    HISTORY_FILE: Path | None = None
+    SCHEDULER_ENABLED: bool = True
+    TRAINING_BACKEND: Literal["loky", "dask"] = "loky"
+    TRAINING_N_JOBS: int = Field(-1, ge=-1)
+    DASK_SCHEDULER_ADDRESS: str | None = None
+    ML_API_KEY: str | None = None
+
+    @field_validator("DATABASE_URL")
+    @classmethod
+    def _database_url(cls, value: str) -> str:
+        if "://" not in value:
+            raise ValueError("must be a SQLAlchemy URL such as sqlite:///path.db or "
+                             "postgresql+psycopg://user@host/db")
+        return resolve_database_url(value)
+
+    @field_validator("DAILY_TRAINING_TIME")
+    @classmethod
+    def _daily_time(cls, value: str) -> str:
+        hours, _, minutes = value.partition(":")
+        if not (hours.isdigit() and minutes.isdigit() and len(minutes) == 2
+                and 0 <= int(hours) < 24 and 0 <= int(minutes) < 60):
+            raise ValueError("must be HH:MM in 24-hour time, e.g. 02:00")
+        return f"{int(hours):02d}:{minutes}"
+
+    @field_validator("TRAINING_TIMEZONE")
+    @classmethod
+    def _timezone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown time zone {value!r} (use an IANA name such as "
+                             "Asia/Kolkata)") from exc
+        return value
+
+    @field_validator("MODEL_THRESHOLDS", mode="before")
+    @classmethod
+    def _thresholds(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = json.loads(value) if value.strip() else {}
+        if isinstance(value, dict):
+            for name, threshold in value.items():
+                if not 0.0 <= float(threshold) <= 1.0:
+                    raise ValueError(f"threshold for {name!r} must be within [0, 1]")
+        return value
+
+    @field_validator("MODELS_DIR", "LOGS_DIR", "HISTORY_FILE")
+    @classmethod
+    def _paths(cls, value: Path | None) -> Path | None:
+        return None if value is None else resolve_path(value)
+
+    @model_validator(mode="after")
+    def _dask_needs_address(self) -> Settings:
+        if self.TRAINING_BACKEND == "dask" and not self.DASK_SCHEDULER_ADDRESS:
+            raise ValueError("TRAINING_BACKEND=dask needs DASK_SCHEDULER_ADDRESS "
+                             "(e.g. tcp://127.0.0.1:8786)")
+        return self
+
+    @property
+    def history_file(self) -> Path:
+        return self.HISTORY_FILE or self.LOGS_DIR / "training_history.json"
+
+    def threshold_overrides(self) -> dict[str, float]:
+        return {name: float(value) for name, value in self.MODEL_THRESHOLDS.items()}
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once from the environment."""
+    return Settings()

@@ -1,0 +1,275 @@
+"""The logistics database: table definitions and read-only loading.
+
+Every column carries a role in `Column.info["role"]`:
+  id       identifies a row; never a feature
+  time     the event time a row is ordered and windowed by
+  context  known when the decision is made; the only columns a model may use as features
+  outcome  known only afterwards (delivery, next quarter, hindsight); targets come from here
+`derived_from` names the columns a column is computed from, so the leakage guard can
+follow a feature back to a target.
+
+The scheduler only reads: SQLite is opened with `mode=ro`, PostgreSQL sessions with
+`default_transaction_read_only`. `datagen` is the one writer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import pandas as pd
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import SQLAlchemyError
+
+metadata = sa.MetaData()
+
+
+class DataError(Exception):
+    """A table cannot be read: unreachable database, missing table or column."""
+
+
+def _col(name: str, type_: Any, role: str, *, derived_from: Iterable[str] = (),
+         **kwargs: Any) -> sa.Column[Any]:
+    return sa.Column(name, type_, info={"role": role, "derived_from": tuple(derived_from)},
+                     **kwargs)
+
+
+def _id() -> sa.Column[Any]:
+    return _col("id", sa.Integer, "id", primary_key=True, autoincrement=True)
+
+
+S = sa.String(40)
+
+shipments = sa.Table(
+    "shipments", metadata,
+    _id(),
+    _col("dispatched_at", sa.DateTime, "time", nullable=False),
+    _col("origin", S, "context"),
+    _col("loading_point", S, "context"),
+    _col("shift", S, "context"),
+    _col("destination", S, "context", derived_from=["customer"]),
+    _col("route", S, "context"),
+    _col("distance_km", sa.Float, "context", derived_from=["route"]),
+    _col("mode", S, "context", derived_from=["distance_km"]),
+    _col("vehicle_type", S, "context", derived_from=["material", "mode", "tonnage"]),
+    _col("material", S, "context", derived_from=["customer"]),
+    _col("tonnage", sa.Float, "context", derived_from=["mode"]),
+    _col("weighbridge_tonnes", sa.Float, "context"),
+    _col("priority", S, "context"),
+    _col("customer", S, "context"),
+    _col("customer_segment", S, "context", derived_from=["customer"]),
+    _col("transporter", S, "context"),
+    _col("transporter_on_time_rate", sa.Float, "context"),
+    _col("weather", S, "context"),
+    _col("rainfall_mm", sa.Float, "context"),
+    _col("traffic", S, "context"),
+    _col("is_festival", sa.Integer, "context"),
+    _col("is_monsoon", sa.Integer, "context"),
+    _col("fuel_price", sa.Float, "context"),
+    _col("planned_transit_hours", sa.Float, "context", derived_from=["distance_km", "mode"]),
+    _col("actual_transit_hours", sa.Float, "outcome"),
+    _col("delay_hours", sa.Float, "outcome", derived_from=["actual_transit_hours"]),
+    _col("fuel_litres", sa.Float, "outcome"),
+    _col("total_cost", sa.Float, "outcome", derived_from=["fuel_litres"]),
+    _col("demurrage_cost", sa.Float, "outcome", derived_from=["delay_hours"]),
+    _col("delivery_condition", S, "outcome"),
+    _col("customer_rating", sa.Integer, "outcome",
+         derived_from=["delay_hours", "delivery_condition"]),
+    _col("incident", sa.Integer, "outcome"),
+    _col("risk_level", S, "outcome", derived_from=["delay_hours", "delivery_condition",
+                                                   "incident"]),
+    _col("best_route", S, "outcome"),
+    _col("cheapest_option", S, "outcome"),
+    _col("fastest_slot", S, "outcome"),
+    sa.Index("ix_shipments_dispatched_at", "dispatched_at"),
+)
+
+daily_demand = sa.Table(
+    "daily_demand", metadata,
+    _id(),
+    _col("demand_date", sa.DateTime, "time", nullable=False),
+    _col("material", S, "context"),
+    _col("region", S, "context"),
+    _col("is_festival", sa.Integer, "context"),
+    _col("is_monsoon", sa.Integer, "context"),
+    _col("price_index", sa.Float, "context"),
+    _col("tonnes_ordered", sa.Float, "outcome"),
+    sa.Index("ix_daily_demand_demand_date", "demand_date"),
+)
+
+equipment_telemetry = sa.Table(
+    "equipment_telemetry", metadata,
+    _id(),
+    _col("recorded_at", sa.DateTime, "time", nullable=False),
+    _col("equipment_id", S, "id"),
+    _col("equipment_type", S, "context"),
+    _col("age_years", sa.Float, "context"),
+    _col("hours_since_service", sa.Float, "context"),
+    _col("vibration_mm_s", sa.Float, "context"),
+    _col("temperature_c", sa.Float, "context"),
+    _col("oil_quality", sa.Float, "context"),
+    _col("load_pct", sa.Float, "context"),
+    _col("failure_within_30d", sa.Integer, "outcome"),
+    sa.Index("ix_equipment_telemetry_recorded_at", "recorded_at"),
+)
+
+supplier_scorecards = sa.Table(
+    "supplier_scorecards", metadata,
+    _id(),
+    _col("month", sa.DateTime, "time", nullable=False),
+    _col("transporter", S, "context"),
+    _col("fleet_size", sa.Integer, "context"),
+    _col("shipments_handled", sa.Integer, "context"),
+    _col("on_time_rate", sa.Float, "context"),
+    _col("damage_rate", sa.Float, "context"),
+    _col("price_deviation", sa.Float, "context"),
+    _col("disputes", sa.Integer, "context"),
+    _col("next_quarter_rating", S, "outcome"),
+    sa.Index("ix_supplier_scorecards_month", "month"),
+)
+
+dispatch_decisions = sa.Table(
+    "dispatch_decisions", metadata,
+    _id(),
+    _col("decided_at", sa.DateTime, "time", nullable=False),
+    _col("yard", S, "context"),
+    _col("shift", S, "context"),
+    _col("rakes_available", sa.Integer, "context"),
+    _col("trucks_available", sa.Integer, "context"),
+    _col("demand_surge", sa.Float, "context"),
+    _col("yard_closure", sa.Integer, "context"),
+    _col("weather_alert", sa.Integer, "context"),
+    _col("stock_level_pct", sa.Float, "context"),
+    _col("pending_orders", sa.Integer, "context"),
+    _col("action_taken", S, "context"),
+    _col("throughput_tonnes", sa.Float, "outcome"),
+    _col("dispatch_cost", sa.Float, "outcome"),
+    _col("best_action", S, "outcome"),
+    sa.Index("ix_dispatch_decisions_decided_at", "decided_at"),
+)
+
+TABLES: dict[str, sa.Table] = {t.name: t for t in metadata.sorted_tables}
+
+
+def time_column(table: str) -> str:
+    """The name of a table's event-time column."""
+    return next(c.name for c in get_table(table).columns if c.info["role"] == "time")
+
+
+def get_table(name: str) -> sa.Table:
+    try:
+        return TABLES[name]
+    except KeyError:
+        raise DataError(f"unknown table {name!r}; tables are {', '.join(sorted(TABLES))}") \
+            from None
+
+
+def column_role(table: str, column: str) -> str | None:
+    col = get_table(table).columns.get(column)
+    return None if col is None else str(col.info["role"])
+
+
+def lineage(table: str, column: str) -> set[str]:
+    """Every column `column` is computed from, transitively."""
+    seen: set[str] = set()
+    stack = [column]
+    cols = get_table(table).columns
+    while stack:
+        col = cols.get(stack.pop())
+        if col is None:
+            continue
+        for parent in col.info["derived_from"]:
+            if parent not in seen:
+                seen.add(parent)
+                stack.append(parent)
+    return seen
+
+
+def describe_url(url: str) -> str:
+    """The URL with any password hidden, for messages and logs."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # an unparsable URL is reported as given
+        return url
+
+
+def readonly_engine(url: str) -> Engine:
+    """An engine that can only read: the scheduler never writes the business database."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+        uri = f"sqlite:///file:{parsed.database}?mode=ro&uri=true"
+        return sa.create_engine(uri)
+    if parsed.get_backend_name() == "postgresql":
+        return sa.create_engine(url, connect_args={
+            "options": "-c default_transaction_read_only=on", "connect_timeout": 5})
+    return sa.create_engine(url)
+
+
+def writable_engine(url: str) -> Engine:
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "postgresql":
+        return sa.create_engine(url, connect_args={"connect_timeout": 5})
+    return sa.create_engine(url)
+
+
+@dataclass(frozen=True)
+class Window:
+    """A half-open event-time window [start, end); either side may be open."""
+
+    start: datetime | None = None
+    end: datetime | None = None
+
+
+def load_table(engine: Engine, name: str, *, window: Window = Window(),
+               columns: Iterable[str] | None = None, chunksize: int = 100_000) -> pd.DataFrame:
+    """Read one table (or some of its columns) in event-time order, chunk by chunk.
+
+    String columns become pandas categoricals chunk by chunk, which keeps a million
+    shipments within a few hundred MB.
+    """
+    table = get_table(name)
+    tcol = time_column(name)
+    wanted = list(columns) if columns is not None else [c.name for c in table.columns]
+    missing = [c for c in wanted if c not in table.columns]
+    if missing:
+        raise DataError(f"table {name!r} has no column {', '.join(missing)}")
+    if tcol not in wanted:
+        wanted.insert(0, tcol)
+    query = sa.select(*(table.c[c] for c in wanted)).order_by(table.c[tcol], table.c.id)
+    if window.start is not None:
+        query = query.where(table.c[tcol] >= window.start)
+    if window.end is not None:
+        query = query.where(table.c[tcol] < window.end)
+    strings = [c for c in wanted if isinstance(table.c[c].type, sa.String)]
+    chunks: list[pd.DataFrame] = []
+    try:
+        with engine.connect() as conn:
+            result = conn.execution_options(stream_results=True).execute(query)
+            while rows := result.fetchmany(chunksize):
+                chunk = pd.DataFrame.from_records(rows, columns=wanted)
+                for c in strings:
+                    chunk[c] = chunk[c].astype("category")
+                chunks.append(chunk)
+    except SQLAlchemyError as exc:
+        raise DataError(f"cannot read table {name!r} from "
+                        f"{describe_url(engine.url.render_as_string())}: "
+                        f"{str(exc.orig if hasattr(exc, 'orig') else exc).strip()}") from exc
+    if not chunks:
+        frame = pd.DataFrame({c: pd.Series(dtype="object") for c in wanted})
+    else:
+        frame = pd.concat(chunks, ignore_index=True) if len(chunks) > 1 else chunks[0]
+        for c in strings:  # concat of differing category sets falls back to object
+            if frame[c].dtype != "category":
+                frame[c] = frame[c].astype("category")
+    frame[tcol] = pd.to_datetime(frame[tcol])
+    return frame
+
+
+def newest_time(engine: Engine, name: str) -> datetime | None:
+    table = get_table(name)
+    with engine.connect() as conn:
+        value = conn.execute(sa.select(sa.func.max(table.c[time_column(name)]))).scalar()
+    return None if value is None else pd.Timestamp(value).to_pydatetime()

@@ -1,0 +1,131 @@
+"""Crash-safe file writes and cross-process locks: the one place either is done.
+
+A write goes to a temporary file in the same folder, is fsynced, then `os.replace`d over
+the target, and the folder is fsynced: a crash at any instant leaves the old file or
+the new one, whole. Files are created readable by owner and group only (0640): model
+files are pickles and the history names the plant's business.
+
+Locks are `fcntl.flock` on a lock file. The kernel drops a lock when its holder dies,
+so a killed process never leaves a lock behind; the holder's pid and purpose are
+written into the lock file so a refused caller can say who holds it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+FILE_MODE = 0o640
+DIR_MODE = 0o750
+
+
+class LockTimeout(Exception):
+    """A lock was not free within the time given; `holder` says who has it."""
+
+    def __init__(self, path: Path, holder: str) -> None:
+        super().__init__(f"{path} is locked by {holder or 'another process'}")
+        self.path = path
+        self.holder = holder
+
+
+def ensure_dir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
+    return path
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: Path, payload: bytes, *, mode: int = FILE_MODE) -> None:
+    """Replace `path` with `payload` so that readers see the old or the new bytes, never a mix."""
+    ensure_dir(path.parent)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(payload)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    fsync_dir(path.parent)
+
+
+def atomic_write_json(path: Path, obj: Any, *, indent: int | None = 2) -> None:
+    atomic_write_bytes(path, json.dumps(obj, indent=indent, default=str).encode("utf-8"))
+
+
+def read_json(path: Path) -> Any:
+    with open(path, encoding="utf-8") as handle:
+        return json.load(handle)
+
+
+def _read_holder(handle: Any) -> str:
+    with contextlib.suppress(OSError):
+        handle.seek(0)
+        return str(handle.read()).strip()
+    return ""
+
+
+@contextlib.contextmanager
+def file_lock(path: Path, *, timeout: float = 60.0, purpose: str = "") -> Iterator[None]:
+    """Hold an exclusive cross-process lock on `path` (waits up to `timeout` seconds).
+
+    `timeout=0` tries once. Raises `LockTimeout` naming the holder when it cannot lock.
+    """
+    ensure_dir(path.parent)
+    handle = open(path, "a+", encoding="utf-8")  # noqa: SIM115 - closed in finally
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError as exc:
+                if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                    raise
+                if time.monotonic() >= deadline:
+                    raise LockTimeout(path, _read_holder(handle)) from None
+                time.sleep(0.05)
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid={os.getpid()} {purpose}".strip())
+        handle.flush()
+        try:
+            yield
+        finally:
+            handle.seek(0)
+            handle.truncate()
+            handle.flush()
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+    finally:
+        handle.close()
+
+
+def lock_holder(path: Path) -> str | None:
+    """Who holds the lock on `path` right now, or None when it is free."""
+    if not path.exists():
+        return None
+    with open(path, "a+", encoding="utf-8") as handle:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            return _read_holder(handle) or "another process"
+        fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+        return None
