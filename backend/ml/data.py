@@ -232,7 +232,7 @@ def load_table(engine: Engine, name: str, *, window: Window = Window(),
     """
     table = get_table(name)
     tcol = time_column(name)
-    wanted = list(columns) if columns is not None else [c.name for c in table.columns]
+    wanted = [str(c) for c in (columns if columns is not None else table.columns.keys())]
     missing = [c for c in wanted if c not in table.columns]
     if missing:
         raise DataError(f"table {name!r} has no column {', '.join(missing)}")

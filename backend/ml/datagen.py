@@ -45,7 +45,7 @@ PREFERRED_LP = {"HR_COIL": "LP1", "CR_COIL": "LP1", "PLATE": "LP2", "TMT_BAR": "
 YARDS = ["Bokaro Main Yard", "CMO Stockyard Bokaro", "Coil Yard", "Plate Mill Yard"]
 ACTIONS = ["RAIL_PRIORITY", "ROAD_PRIORITY", "SPLIT", "HOLD", "EXPEDITE"]
 EQUIPMENT_TYPES = ["LOCOMOTIVE", "WAGON", "EOT_CRANE", "CONVEYOR"]
-N_CUSTOMERS, N_TRANSPORTERS, N_EQUIPMENT = 40, 30, 120
+N_CUSTOMERS, N_TRANSPORTERS, N_EQUIPMENT = 40, 40, 120
 SHIPMENTS_PER_DAY = 145
 RAIL_TRANSPORTER = "Indian Railways (ECR)"
 
@@ -62,11 +62,12 @@ class Scenario:
 SCENARIOS: dict[str, Scenario] = {s.name: s for s in [
     Scenario("monsoon_disruption", "extreme rainfall (80-250 mm) waterlogs tracks and roads; "
              "delays climb steeply past the drains' 60 mm capacity", ("delay_prediction",)),
-    Scenario("fuel_price_shock", "diesel jumps from about 92 to about 140 INR/l; freight "
+    Scenario("fuel_price_shock", "diesel jumps from about 92 to about 150 INR/l; freight "
              "tariffs follow through their fuel clauses", ("cost_prediction",)),
-    Scenario("supplier_decline", "most road transporters' service collapses (on-time rate "
-             "0.30-0.60); customers served by them turn dissatisfied",
-             ("customer_satisfaction",)),
+    Scenario("supplier_decline", "most road transporters cut corners: they self-report "
+             "near-perfect on-time rates (0.98-1.00, above anything on record) while their "
+             "real service collapses; delays grow and their customers turn dissatisfied",
+             ("customer_satisfaction", "delay_prediction")),
     Scenario("sensor_recalibration", "vibration sensors are re-fitted and now report in/s "
              "instead of mm/s", ("predictive_maintenance",)),
 ]}
@@ -118,9 +119,10 @@ def make_world(seed: int) -> World:
 
 def _festival(days: pd.DatetimeIndex) -> np.ndarray:
     """Holi (early March), Durga Puja and Diwali (October-November), Chhath (November)."""
-    doy = days.dayofyear.to_numpy()
-    return (((doy >= 66) & (doy <= 69)) | ((doy >= 283) & (doy <= 292))
-            | ((doy >= 305) & (doy <= 309)) | ((doy >= 312) & (doy <= 315))).astype(int)
+    doy = days.day_of_year.to_numpy()
+    return np.asarray((((doy >= 66) & (doy <= 69)) | ((doy >= 283) & (doy <= 292))
+                       | ((doy >= 305) & (doy <= 309)) | ((doy >= 312) & (doy <= 315))),
+                      dtype=int)
 
 
 def _monsoon(days: pd.DatetimeIndex) -> np.ndarray:
@@ -147,7 +149,7 @@ def _day_context(days: pd.DatetimeIndex, rng: np.random.Generator,
     wet = rng.random(n) < np.where(monsoon == 1, 0.6, 0.08)
     rain = np.where(wet, rng.gamma(1.5, np.where(monsoon == 1, 12.0, 5.0)), 0.0)
     rain = np.minimum(rain, 58.0)  # the history never overtops the drains
-    doy = days.dayofyear.to_numpy()
+    doy = days.day_of_year.to_numpy()
     ar = np.zeros(n)
     shocks = rng.normal(0, 0.35, n)
     for i in range(1, n):
@@ -157,7 +159,7 @@ def _day_context(days: pd.DatetimeIndex, rng: np.random.Generator,
         rain = 80 + rng.gamma(2.0, 30.0, n)
         monsoon = np.ones(n, dtype=int)
     if scenario is not None and scenario.name == "fuel_price_shock":
-        fuel = 140 + rng.normal(0, 2.0, n)
+        fuel = 150 + rng.normal(0, 2.0, n)
     return DayContext(days, rain, fuel, _festival(days), monsoon, scenario)
 
 
@@ -172,7 +174,7 @@ def _pick(rng: np.random.Generator, labels: np.ndarray, options: list[str],
 
 def _shipments(ctx: DayContext, world: World, rng: np.random.Generator,
                per_day: int) -> pd.DataFrame:
-    counts = rng.poisson(per_day * np.where(ctx.days.dayofweek == 6, 0.7, 1.05), len(ctx.days))
+    counts = rng.poisson(per_day * np.where(ctx.days.day_of_week == 6, 0.7, 1.05), len(ctx.days))
     day_idx = np.repeat(np.arange(len(ctx.days)), counts)
     n = len(day_idx)
     cust = world.customers
@@ -202,8 +204,8 @@ def _shipments(ctx: DayContext, world: World, rng: np.random.Generator,
         np.where(tonnage > 20, "TRAILER_28T", "TRUCK_16T"))
     pig_bottom = rail & (material == "PIG_IRON") & np.isin(destination, ["Durgapur", "Haldia"])
     planned_vehicle = np.where(pig_bottom, "BOBRN", planned_vehicle)
-    vehicle = np.where(rail, _pick(rng, planned_vehicle, RAIL_WAGONS, 0.2),
-                       _pick(rng, planned_vehicle, ROAD_VEHICLES, 0.3))
+    vehicle = np.where(rail, _pick(rng, planned_vehicle, RAIL_WAGONS, 0.25),
+                       _pick(rng, planned_vehicle, ROAD_VEHICLES, 0.34))
     hour = rng.choice(24, n, p=_hour_weights())
     minute = rng.integers(0, 60, n)
     dispatched = (ctx.days.to_numpy()[day_idx] + hour.astype("timedelta64[h]")
@@ -220,11 +222,14 @@ def _shipments(ctx: DayContext, world: World, rng: np.random.Generator,
     months = ctx.days.to_numpy()[day_idx].astype("datetime64[M]").astype(int)
     on_time = 0.82 + 0.15 * trans.quality.to_numpy()[ti] + 0.01 * np.sin(
         months / 3 + trans.phase.to_numpy()[ti])
+    service = on_time  # how reliable the transporter really is; on_time is what it reports
     if ctx.scenario is not None and ctx.scenario.name == "supplier_decline":
-        collapsed = trans.quality.to_numpy()[ti] < 0.85
-        on_time = np.where(collapsed, rng.uniform(0.30, 0.60, n), on_time)
+        collapsed = trans.quality.to_numpy()[ti] < 0.95
+        service = np.where(collapsed, rng.uniform(0.30, 0.60, n), on_time)
+        on_time = np.where(collapsed, rng.uniform(0.98, 1.0, n), on_time)
     transporter = np.where(rail, RAIL_TRANSPORTER, trans.transporter.to_numpy()[ti])
     on_time = np.where(rail, 0.80, on_time).round(3)
+    service = np.where(rail, 0.80, service)
 
     rain = ctx.rain[day_idx] * rng.lognormal(0, 0.25, n)
     monsoon = ctx.monsoon[day_idx]
@@ -256,17 +261,18 @@ def _shipments(ctx: DayContext, world: World, rng: np.random.Generator,
         "is_monsoon": monsoon, "fuel_price": fuel_price, "planned_transit_hours": planned,
     })
     _shipment_outcomes(frame, rng, route_no, irregular, info.code.to_numpy().astype(str),
-                       siding)
+                       siding, service)
     return frame.sort_values("dispatched_at", kind="stable").reset_index(drop=True)
 
 
 def _hour_weights() -> np.ndarray:
     w = np.array([2, 1, 1, 1, 1, 2, 5, 7, 8, 8, 8, 7, 6, 7, 8, 8, 7, 6, 5, 4, 3, 3, 2, 2], float)
-    return w / w.sum()
+    return np.asarray(w / w.sum())
 
 
 def _shipment_outcomes(f: pd.DataFrame, rng: np.random.Generator, route_no: np.ndarray,
-                       irregular: np.ndarray, code: np.ndarray, siding: np.ndarray) -> None:
+                       irregular: np.ndarray, code: np.ndarray, siding: np.ndarray,
+                       on_time: np.ndarray) -> None:
     """Outcomes, each caused by the context columns above plus noise."""
     n = len(f)
     road = (f["mode"] == "ROAD").to_numpy()
@@ -276,7 +282,6 @@ def _shipment_outcomes(f: pd.DataFrame, rng: np.random.Generator, route_no: np.n
     traffic_med = (f.traffic == "MEDIUM").to_numpy()
     dist = f.distance_km.to_numpy()
     tonnage = f.tonnage.to_numpy()
-    on_time = f.transporter_on_time_rate.to_numpy()
     fuel_price = f.fuel_price.to_numpy()
     material = f.material.to_numpy()
 
@@ -322,12 +327,12 @@ def _shipment_outcomes(f: pd.DataFrame, rng: np.random.Generator, route_no: np.n
               + 0.03 * np.minimum(rain, 60) * sensitive
               + dist / 300 + 0.6 * road + np.where(road, (0.97 - on_time) * 8, 0.0)
               + 0.8 * (material == "CR_COIL") + 0.4 * festival
-              + rng.logistic(0, 0.32, n))
+              + rng.logistic(0, 0.2, n))
     condition = np.select([damage > 3.4, damage > 2.2], ["MAJOR_DAMAGE", "MINOR_DAMAGE"], "GOOD")
     f["delivery_condition"] = condition
 
     # Incidents: mostly irregular loads (weighbridge far from the declared tonnage).
-    p_incident = np.where(irregular, 0.45, 0.011 + 0.0002 * np.minimum(rain, 60))
+    p_incident = np.where(irregular, 0.5, 0.007 + 0.0002 * np.minimum(rain, 60))
     incident = (rng.random(n) < p_incident).astype(int)
     f["incident"] = incident
 
@@ -337,13 +342,16 @@ def _shipment_outcomes(f: pd.DataFrame, rng: np.random.Generator, route_no: np.n
               - 1.0 * (condition == "MINOR_DAMAGE") - 2.2 * (condition == "MAJOR_DAMAGE")
               - 0.4 * (f.customer_segment == "AUTOMOTIVE").to_numpy()
               - 0.5 * ((f.priority == "URGENT").to_numpy() & (delay > 2))
-              - 1.8 * (road & (on_time < 0.7))
-              + rng.normal(0, 0.75, n))
+              + np.where(road, 8.0 * (np.maximum(on_time, 0.7) - 0.9), 0.0)
+              - 4.0 * (road & (on_time < 0.7))
+              + rng.normal(0, 0.95, n))
     f["customer_rating"] = np.clip(np.rint(rating), 1, 5).astype(int)
 
     high = (incident == 1) | (condition == "MAJOR_DAMAGE") | (delay > 12)
     medium = (condition == "MINOR_DAMAGE") | (delay > 6)
-    f["risk_level"] = np.select([high, medium], ["HIGH", "MEDIUM"], "LOW")
+    level = np.select([high, medium], [2, 1], 0)
+    level = np.minimum(level + (rng.random(n) < 0.08), 2)  # audits flag one in twelve higher
+    f["risk_level"] = np.array(["LOW", "MEDIUM", "HIGH"])[level]
 
     # Hindsight choices: the option that turned out best, as a rule on the context,
     # with the share of days where something unrecorded decided otherwise.
@@ -363,7 +371,7 @@ def _shipment_outcomes(f: pd.DataFrame, rng: np.random.Generator, route_no: np.n
     options = sorted(set(cheapest))
     f["cheapest_option"] = _pick(rng, cheapest, options, 0.22)
 
-    weekday = f.dispatched_at.dt.dayofweek.to_numpy()
+    weekday = f.dispatched_at.dt.day_of_week.to_numpy()
     lp = pd.Series(material).map(PREFERRED_LP).to_numpy().astype(str)
     lp = np.where(road & (lp == "WT"), "LP3", lp)
     slot_shift = np.select([(festival == 1) | (weekday == 0), tonnage > 1000], ["C", "A"], "B")
@@ -376,8 +384,8 @@ def _daily_demand(ctx: DayContext, rng: np.random.Generator, world_seed: int) ->
     regions = list(DESTINATIONS)
     base = base_rng.gamma(3.0, 120.0, (len(MATERIALS), len(regions)))
     n_days = len(ctx.days)
-    season = 1 + 0.15 * np.sin(2 * np.pi * ctx.days.dayofyear.to_numpy() / 365 + 1.0)
-    dow = np.where(ctx.days.dayofweek.to_numpy() == 6, 0.55, 1.0)
+    season = 1 + 0.15 * np.sin(2 * np.pi * ctx.days.day_of_year.to_numpy() / 365 + 1.0)
+    dow = np.where(ctx.days.day_of_week.to_numpy() == 6, 0.55, 1.0)
     level = season * dow * (1 + 0.3 * ctx.festival) * (1 - 0.15 * ctx.monsoon)
     price = np.clip(100 + np.cumsum(rng.normal(0, 0.4, n_days)), 92, 108)
     rows = []
@@ -410,7 +418,7 @@ def _telemetry(ctx: DayContext, world: World, rng: np.random.Generator) -> pd.Da
     temp = 45 + 0.01 * hours + 0.25 * load + rng.normal(0, 4, n)
     oil = np.clip(1 - hours / 4000 * wear + rng.normal(0, 0.08, n), 0.05, 1)
     risk = (0.9 * vib - 0.5 * 6.0 + 0.04 * (temp - 70) + 2.0 * (0.5 - oil) + 0.03 * age
-            + rng.logistic(0, 0.9, n))
+            + rng.logistic(0, 1.8, n))
     failure = (risk > 1.8).astype(int)
     if ctx.scenario is not None and ctx.scenario.name == "sensor_recalibration":
         vib = vib / 25.4  # the new sensors report in/s
@@ -433,9 +441,9 @@ def _scorecards(ctx: DayContext, world: World, rng: np.random.Generator,
     frames = []
     for month in months:
         k = month.year * 12 + month.month
-        q = np.clip(tr.quality.to_numpy() + 0.25 * np.sin(k / 4 + tr.phase.to_numpy()), 0, 1)
-        q_next = np.clip(tr.quality.to_numpy() + 0.25 * np.sin((k + 3) / 4 + tr.phase.to_numpy())
-                         + rng.normal(0, 0.09, len(tr)), 0, 1)
+        q = np.clip(tr.quality.to_numpy() + 0.12 * np.sin(k / 4 + tr.phase.to_numpy()), 0, 1)
+        q_next = np.clip(tr.quality.to_numpy() + 0.12 * np.sin((k + 3) / 4 + tr.phase.to_numpy())
+                         + rng.normal(0, 0.04, len(tr)), 0, 1)
         rating = np.select([q_next > 0.62, q_next > 0.3], ["A", "B"], "C").astype(object)
         if month > last_labelled:  # next quarter not over yet: no label
             rating[:] = None

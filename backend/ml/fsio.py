@@ -90,7 +90,8 @@ def file_lock(path: Path, *, timeout: float = 60.0, purpose: str = "") -> Iterat
     `timeout=0` tries once. Raises `LockTimeout` naming the holder when it cannot lock.
     """
     ensure_dir(path.parent)
-    handle = open(path, "a+", encoding="utf-8")  # noqa: SIM115 - closed in finally
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, FILE_MODE)
+    handle = os.fdopen(fd, "a+", encoding="utf-8")
     try:
         deadline = time.monotonic() + timeout
         while True:

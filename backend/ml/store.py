@@ -1,0 +1,419 @@
+"""Model versions on disk: files, checksums, aliases, the promotion gate and retention.
+
+    <name>/v0001.joblib  the fitted Pipeline (a pickle), written first
+    <name>/v0001.json    its metadata and the pickle's SHA-256, written last: the commit point
+    registry.json        {"models": {name: {"production", "previous", "last_version"}},
+                          "audit": [every alias move, oldest first, append-only]}
+
+A `.joblib` without its `.json` is a crash mid-save: readers ignore it, retention deletes
+it. Numbers only go up (`last_version` is the highest ever issued), so a version id in the
+history or a backup names one fit forever; committed files are never rewritten, so backups
+may hard-link them. A load compares the SHA-256 before unpickling: unpickling runs code.
+Every writer holds `.registry.lock`.
+
+    StoreError                   refused or impossible; nothing changed; names the path
+     +-- UnknownVersionError     no such committed version
+     +-- NoProductionModelError  nothing promoted yet
+     +-- ChecksumError           a version's files are missing or changed since saved
+     +-- backups.BackupError     a backup cannot be made or restored
+    specs.UnknownModelError      (a KeyError) not a model name; lists the valid ones
+
+Not done here: scoring production on a candidate's holdout (the runner has the data and
+gives the score to `promotion_decision`). Readers never move aliases: when production fails
+verification, `load_serving` alerts and serves a fallback; a person or the next run decides.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import logging
+import math
+import platform
+import re
+from collections.abc import Callable, Iterator, Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import joblib
+import sklearn
+from sklearn.pipeline import Pipeline
+
+from backend.ml.fsio import LockTimeout, atomic_write_bytes, atomic_write_json, file_lock, read_json
+from backend.ml.specs import get_spec
+from backend.ml.trainer import TrainResult
+
+logger = logging.getLogger(__name__)
+
+Meta = dict[str, Any]
+AlertFn = Callable[[str, str, str], None]  # (level, kind, message)
+ACTIONS = ("promote", "rollback", "restore", "ab_promote")
+ACTORS = ("scheduler", "cli", "api")
+VERSION_RE = re.compile(r"^v(\d{4,})$")
+RESULT_FIELDS = ("group", "metric", "score", "baseline", "threshold", "passed", "strategy",
+                 "params", "data_start", "data_end", "holdout_start", "rows_train",
+                 "rows_holdout", "fit_seconds", "duration_seconds", "feature_stats")
+
+
+class StoreError(Exception):
+    """The model store refused or could not do something; nothing was changed."""
+
+
+class UnknownVersionError(StoreError):
+    """No committed version by that id."""
+
+
+class NoProductionModelError(StoreError):
+    """The model has no production version yet."""
+
+
+class ChecksumError(StoreError):
+    """A version's files are missing or differ from what was saved."""
+
+
+def sha256_hex(payload: bytes) -> str:
+    return hashlib.sha256(payload).hexdigest()
+
+
+def library_versions() -> dict[str, str]:
+    return {"python": platform.python_version(), "scikit-learn": sklearn.__version__,
+            "joblib": joblib.__version__}
+
+
+def version_id(number: int) -> str:
+    return f"v{number:04d}"
+
+
+def promotion_decision(*, candidate_score: float, candidate_passed: bool,
+                       production_score_on_same_holdout: float | None, tolerance: float,
+                       threshold: float | None = None) -> tuple[bool, str]:
+    """Whether a new version should replace production, and why.
+
+    `production_score_on_same_holdout` is None only when there is no production version:
+    then the first successful fit is promoted even below its threshold, since serving a
+    weak model beats serving none (the reason says so, and the run reports it).
+    """
+    below = "below" if threshold is None else f"below its threshold {threshold:.4f}"
+    if production_score_on_same_holdout is None:
+        return True, ("first version: nothing in production to compare with" if candidate_passed
+                      else f"first version, promoted although {candidate_score:.4f} is {below}: "
+                      "nothing in production to compare with")
+    if math.isnan(candidate_score) or not candidate_passed:
+        return False, f"kept as candidate: score {candidate_score:.4f} is {below}"
+    prod = production_score_on_same_holdout
+    versus = (f"score {candidate_score:.4f} vs production {prod:.4f} on the same holdout "
+              f"(tolerance {tolerance:g})")
+    if candidate_score >= prod - tolerance:
+        return True, f"promoted: {versus}"
+    return False, f"kept as candidate: worse than production, {versus}"
+
+
+class ModelStore:
+    """Versions and aliases of every model under `models_dir`; safe across processes.
+
+    `versioning=False` keeps only production: older versions go once a new one is promoted
+    and a rejected candidate goes at once. Otherwise retention keeps production, previous
+    and the newest `keep_candidates` others.
+    """
+
+    def __init__(self, models_dir: Path, *, versioning: bool = True, keep_candidates: int = 3,
+                 lock_timeout: float = 60.0) -> None:
+        self.models_dir = Path(models_dir)
+        self.versioning = versioning
+        self.keep_candidates = max(0, keep_candidates)
+        self.lock_timeout = lock_timeout
+        self.registry_path = self.models_dir / "registry.json"
+        self.lock_path = self.models_dir / ".registry.lock"
+
+    # ---- reading ----------------------------------------------------------------------------
+
+    def paths(self, name: str, version: str) -> tuple[Path, Path]:
+        """(model file, metadata file) of a version id; checks the names, not the files."""
+        get_spec(name)  # also keeps a hostile name away from the file system
+        if not VERSION_RE.match(version):
+            raise UnknownVersionError(f"{name}: {version!r} is not a version id (like v0001)")
+        return (self.models_dir / name / f"{version}.joblib",
+                self.models_dir / name / f"{version}.json")
+
+    def _numbers(self, name: str, suffixes: tuple[str, ...]) -> list[int]:
+        get_spec(name)
+        folder = self.models_dir / name
+        found = {int(m.group(1)) for p in (folder.iterdir() if folder.is_dir() else ())
+                 if p.suffix in suffixes and (m := VERSION_RE.match(p.stem))}
+        return sorted(found)
+
+    def committed(self, name: str) -> list[str]:
+        """Version ids with metadata (the commit point), oldest first."""
+        return [version_id(n) for n in self._numbers(name, (".json",))]
+
+    def metadata(self, name: str, version: str) -> Meta:
+        """A version's metadata, without checking its model file."""
+        meta_path = self.paths(name, version)[1]
+        if not meta_path.exists():
+            raise UnknownVersionError(f"{name} has no version {version} ({meta_path} not found)")
+        try:
+            meta = read_json(meta_path)
+        except (OSError, ValueError) as exc:
+            raise ChecksumError(f"{name} {version}: metadata {meta_path} is unreadable: "
+                                f"{exc}") from exc
+        if not isinstance(meta, dict) or not isinstance(meta.get("sha256"), str):
+            raise ChecksumError(f"{name} {version}: metadata {meta_path} has no sha256")
+        return meta
+
+    def _verified(self, name: str, version: str) -> tuple[Meta, bytes]:
+        meta, path = self.metadata(name, version), self.paths(name, version)[0]
+        try:
+            payload = path.read_bytes()
+        except OSError as exc:
+            raise ChecksumError(f"{name} {version}: model file {path} cannot be read: "
+                                f"{exc.strerror or exc}") from exc
+        digest = sha256_hex(payload)
+        if digest != meta["sha256"]:
+            raise ChecksumError(
+                f"{name} {version}: {path} has SHA-256 {digest[:16]}..., its metadata says "
+                f"{meta['sha256'][:16]}...; refusing to unpickle a file changed since saved")
+        return meta, payload
+
+    def verify(self, name: str, version: str) -> Meta:
+        """The metadata of a version whose model file matches its checksum."""
+        return self._verified(name, version)[0]
+
+    def load(self, name: str, version: str | None = None) -> tuple[Pipeline, Meta]:
+        """A verified, unpickled version (None: production) and its metadata."""
+        if version is None:
+            version = self.aliases(name)["production"]
+            if version is None:
+                raise NoProductionModelError(
+                    f"{name} has no production version yet (registry {self.registry_path})")
+        meta, payload = self._verified(name, version)
+        path = self.paths(name, version)[0]
+        try:
+            estimator = joblib.load(io.BytesIO(payload))
+        except Exception as exc:  # verified bytes from other library versions may not load
+            raise StoreError(f"{name} {version}: {path} verifies but cannot be unpickled: "
+                             f"{type(exc).__name__}: {exc}") from exc
+        if not isinstance(estimator, Pipeline):
+            raise StoreError(f"{name} {version}: {path} holds a {type(estimator).__name__}")
+        return estimator, meta
+
+    def load_serving(self, name: str,
+                     on_alert: AlertFn | None = None) -> tuple[Pipeline, Meta] | None:
+        """Production if it verifies; else, with one alert, previous, then the newest version
+        that verifies (`served_as` in the metadata says which). None when nothing verifies
+        or nothing was ever promoted."""
+        aliases: dict[str, str | None] = {"production": None, "previous": None}
+        try:
+            aliases = self.aliases(name)
+            if aliases["production"] is None:
+                return None
+            estimator, meta = self.load(name, aliases["production"])
+            return estimator, {**meta, "served_as": "production"}
+        except StoreError as exc:
+            problem = f"{name} production {aliases['production']} cannot be served: {exc}"
+        found: tuple[Pipeline, Meta] | None = None
+        for version in dict.fromkeys([aliases["previous"], *reversed(self.committed(name))]):
+            if version is None or version == aliases["production"]:
+                continue
+            with contextlib.suppress(StoreError):
+                estimator, meta = self.load(name, version)
+                as_ = "previous" if version == aliases["previous"] else "fallback"
+                found = estimator, {**meta, "served_as": as_}
+                break
+        served = (f"serving {found[1]['version']} ({found[1]['served_as']}) instead" if found
+                  else "no version verifies: nothing is served")
+        logger.error("%s; %s", problem, served)
+        if on_alert is not None:
+            on_alert("critical", "model_integrity", f"{problem}; {served}")
+        return found
+
+    def _registry(self) -> dict[str, Any]:
+        if not self.registry_path.exists():
+            return {"models": {}, "audit": []}
+        try:
+            registry = read_json(self.registry_path)
+        except (OSError, ValueError) as exc:
+            raise StoreError(f"model registry {self.registry_path} is unreadable: {exc}") from exc
+        if not (isinstance(registry, dict) and isinstance(registry.get("models"), dict)
+                and isinstance(registry.get("audit"), list)):
+            raise StoreError(f"model registry {self.registry_path} is not in the expected shape")
+        return registry
+
+    def aliases(self, name: str) -> dict[str, str | None]:
+        get_spec(name)
+        slot = self._registry()["models"].get(name, {})
+        return {"production": slot.get("production"), "previous": slot.get("previous")}
+
+    def production_meta(self, name: str) -> Meta | None:
+        version = self.aliases(name)["production"]
+        return None if version is None else self.metadata(name, version)
+
+    def versions(self, name: str) -> list[Meta]:
+        """Every committed version, newest first, with its `state` (production, previous or
+        candidate); an unreadable one has an `error` instead of its metadata."""
+        states = {v: state for state, v in self.aliases(name).items() if v is not None}
+        out: list[Meta] = []
+        for version in reversed(self.committed(name)):
+            try:
+                meta = self.metadata(name, version)
+            except StoreError as exc:
+                meta = {"name": name, "version": version, "error": str(exc)}
+            out.append({**meta, "state": states.get(version, "candidate")})
+        return out
+
+    def audit(self, limit: int | None = 100, *, name: str | None = None) -> list[Meta]:
+        """Alias moves, newest first."""
+        entries = [e for e in reversed(self._registry()["audit"])
+                   if name is None or e.get("model") == name]
+        return entries if limit is None else entries[:limit]
+
+    # ---- writing ----------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _locked(self, purpose: str) -> Iterator[None]:
+        try:
+            with file_lock(self.lock_path, timeout=self.lock_timeout, purpose=purpose):
+                yield
+        except LockTimeout as exc:
+            raise StoreError(f"model store {self.models_dir} is busy ({purpose}): {exc}") from exc
+        except OSError as exc:
+            raise StoreError(f"model store {self.models_dir} cannot {purpose}: "
+                             f"{exc.filename or self.models_dir}: {exc.strerror or exc}") from exc
+
+    def check_writable(self) -> None:
+        """StoreError naming the path unless this process can write the store."""
+        with self._locked("check it is writable"):
+            pass
+
+    def save(self, result: TrainResult, *, run_id: str) -> Meta:
+        """Store a successful fit as the next version: a candidate until promoted."""
+        if not result.ok or result.estimator is None:
+            raise StoreError(f"{result.name}: only a successful fit is saved (status "
+                             f"{result.status}: {result.error or 'no estimator'})")
+        buffer = io.BytesIO()
+        joblib.dump(result.estimator, buffer)
+        summary = result.summary()
+        meta = {"run_id": run_id, "created_at": datetime.now(UTC).isoformat(),
+                **{key: summary[key] for key in RESULT_FIELDS}, "libraries": library_versions()}
+        return self.import_version(result.name, buffer.getvalue(), meta)
+
+    def import_version(self, name: str, payload: bytes, meta: Mapping[str, Any]) -> Meta:
+        """Write pickled bytes and their metadata as the next version; the stored metadata."""
+        get_spec(name)
+        with self._locked(f"save a version of {name}"):
+            registry = self._registry()
+            slot = registry["models"].setdefault(name, {})
+            number = max([slot.get("last_version", 0),
+                          *self._numbers(name, (".json", ".joblib"))]) + 1
+            model_path, meta_path = self.paths(name, version_id(number))
+            stored = {**meta, "name": name, "version": version_id(number),
+                      "sha256": sha256_hex(payload), "size_bytes": len(payload)}
+            atomic_write_bytes(model_path, payload)
+            try:
+                atomic_write_json(meta_path, stored)
+            except BaseException:
+                model_path.unlink(missing_ok=True)
+                raise
+            slot["last_version"] = number  # a crash before this still leaves the files
+            atomic_write_json(self.registry_path, registry)
+        logger.info("saved %s %s (%d bytes)", name, stored["version"], len(payload))
+        return stored
+
+    def promote(self, name: str, version: str, *, reason: str, actor: str,
+                action: str = "promote") -> Meta:
+        """Make `version` production (production becomes previous); the audit entry."""
+        moved = self.promote_many({name: version}, reason=reason, actor=actor, action=action)
+        if not moved:
+            raise StoreError(f"{name} {version} is already production; nothing changed")
+        return moved[0]
+
+    def promote_many(self, targets: Mapping[str, str], *, reason: str, actor: str,
+                     action: str = "promote") -> list[Meta]:
+        """Verify every target, then move the aliases in one registry write (a target that
+        is already production is left as is). The audit entries."""
+        if action not in ACTIONS or actor not in ACTORS:
+            raise StoreError(f"action must be one of {ACTIONS} and actor one of {ACTORS}, "
+                             f"not {action!r} and {actor!r}")
+        for name, version in targets.items():
+            self.paths(name, version)
+        with self._locked(f"{action} {', '.join(targets)}"):
+            for name, version in targets.items():
+                self._verified(name, version)
+            registry = self._registry()
+            moved: list[Meta] = []
+            for name, version in targets.items():
+                slot = registry["models"].setdefault(name, {})
+                if slot.get("production") != version:
+                    moved.append({"at": datetime.now(UTC).isoformat(), "model": name,
+                                  "from": slot.get("production"), "to": version,
+                                  "action": action, "reason": reason, "actor": actor})
+                    slot["previous"] = slot.get("production") if self.versioning else None
+                    slot["production"] = version
+            if moved:
+                registry["audit"] += moved
+                atomic_write_json(self.registry_path, registry)
+            for name in targets:
+                self._retain(name, registry)
+        for e in moved:
+            logger.info("%s %s: %s -> %s by %s (%s)", action, e["model"], e["from"], e["to"],
+                        actor, reason)
+        return moved
+
+    def rollback(self, name: str, *, to: str | None = None, actor: str,
+                 reason: str | None = None) -> Meta:
+        """Production back to previous, or to version `to`. Refuses an unknown model or
+        version, or one failing its checksum, changing nothing. The audit entry."""
+        aliases = self.aliases(name)
+        target = to or aliases["previous"]
+        if target is None:
+            raise StoreError(f"{name} has no previous version to roll back to; name one of "
+                             f"{self.committed(name)}")
+        why = reason or f"rollback from {aliases['production']} to {target}"
+        return self.promote(name, target, reason=why, actor=actor, action="rollback")
+
+    def reject(self, name: str, version: str) -> list[Path]:
+        """A candidate the gate turned down: deleted now without versioning, else left for
+        retention to age out. The files deleted."""
+        with self._locked(f"reject {name} {version}"):
+            registry = self._registry()
+            slot = registry["models"].get(name, {})
+            if version in (slot.get("production"), slot.get("previous")):
+                raise StoreError(f"{name} {version} is production or previous; not rejected")
+            deleted = [] if self.versioning else self._delete(name, version)
+            return deleted + self._retain(name, registry)
+
+    def prune(self, name: str) -> list[Path]:
+        """Apply retention to one model now; the files deleted."""
+        with self._locked(f"prune {name}"):
+            return self._retain(name, self._registry())
+
+    def _retain(self, name: str, registry: Mapping[str, Any]) -> list[Path]:
+        slot = registry["models"].get(name, {})
+        keep = {slot.get("production"), slot.get("previous")} - {None}
+        others = [v for v in reversed(self.committed(name)) if v not in keep]
+        if self.versioning:
+            keep.update(others[:self.keep_candidates])
+        elif not slot.get("production"):
+            keep.update(others)  # production unknown: never empty a model's folder
+        deleted: list[Path] = []
+        folder = self.models_dir / name
+        try:
+            for number in self._numbers(name, (".json", ".joblib")):  # orphans too
+                if version_id(number) not in keep:
+                    deleted += self._delete(name, version_id(number))
+            for tmp in folder.glob(".v*.tmp") if folder.is_dir() else ():
+                tmp.unlink(missing_ok=True)  # left by a crashed write; we hold the lock
+                deleted.append(tmp)
+        except OSError as exc:  # the aliases already moved: a failed clean-up must not undo that
+            logger.warning("retention of %s stopped at %s: %s", name, exc.filename, exc)
+        return deleted
+
+    def _delete(self, name: str, version: str) -> list[Path]:
+        model_path, meta_path = self.paths(name, version)
+        deleted = [p for p in (meta_path, model_path) if p.exists()]
+        for path in deleted:  # metadata first: a crash in between leaves an orphan
+            path.unlink()
+        if deleted:
+            logger.info("deleted %s %s", name, version)
+        return deleted

@@ -1,0 +1,347 @@
+"""Training and honest scoring: `train_one` for a spec, `train_many` for a fleet.
+
+The holdout is always the latest 20% of labelled rows by event time, and every training
+row is strictly earlier than every holdout row. Each result carries its score, the score
+of a dummy baseline on the same holdout, row counts, the data window, timings and the
+training features' reference statistics (the monitor's drift checks compare to them).
+
+`train_one` is a module-level, picklable function that computes and returns; it never
+writes. `train_many` fans it out with joblib; the caller picks the backend (loky on this
+machine, Dask on a cluster; see `parallel_backend`). One model's failure is recorded in
+its result and never stops the others.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import traceback
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import joblib
+import numpy as np
+import pandas as pd
+from sklearn.dummy import DummyClassifier, DummyRegressor
+from sklearn.pipeline import Pipeline
+from sqlalchemy.engine import Engine
+
+from backend.ml import data
+from backend.ml.metrics import get_metric, passes
+from backend.ml.specs import ModelSpec
+
+HOLDOUT_FRACTION = 0.2
+STRATEGIES = ("full", "recent_window", "recency_weighted", "search")
+# A small grid for the "search" strategy: shallower and deeper, slower and faster.
+SEARCH_GRID: tuple[dict[str, Any], ...] = (
+    {"learning_rate": 0.05, "max_leaf_nodes": 63, "max_iter": 300},
+    {"learning_rate": 0.1, "max_leaf_nodes": 15},
+    {"learning_rate": 0.2, "max_leaf_nodes": 31, "l2_regularization": 1.0},
+)
+
+
+class TrainingError(Exception):
+    """A model cannot be trained on the data given (too few rows, missing columns...)."""
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    """What a fit tries. Retraining varies this so a retry is not the same fit again."""
+
+    strategy: str = "full"
+    window_days: float | None = None  # recent_window: train on the last N days only
+    half_life_days: float | None = None  # recency_weighted: weight halves every N days
+    params: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"unknown strategy {self.strategy!r}; strategies are "
+                             f"{', '.join(STRATEGIES)}")
+
+
+@dataclass
+class TrainResult:
+    name: str
+    group: str
+    metric: str
+    threshold: float
+    status: str  # "ok" or "failed"
+    score: float | None = None
+    baseline: float | None = None
+    passed: bool = False
+    error: str | None = None
+    rows_train: int = 0
+    rows_holdout: int = 0
+    rows_unlabelled: int = 0
+    data_start: str | None = None
+    data_end: str | None = None
+    holdout_start: str | None = None
+    duration_seconds: float = 0.0
+    fit_seconds: float = 0.0
+    strategy: str = "full"
+    params: dict[str, Any] = field(default_factory=dict)
+    feature_stats: dict[str, Any] = field(default_factory=dict)
+    estimator: Pipeline | None = field(default=None, repr=False)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    def summary(self) -> dict[str, Any]:
+        """Everything but the fitted estimator, JSON-ready."""
+        out = asdict(self)
+        out.pop("estimator")
+        return out
+
+
+def input_columns(spec: ModelSpec) -> list[str]:
+    """The table columns a spec reads: its time column, raw features, sources, target."""
+    table = data.get_table(spec.table)
+    wanted = [data.time_column(spec.table)]
+    for col in (*spec.features, spec.target):
+        sources = spec.derived.get(col, (col,))
+        wanted += [s.removesuffix("@lag") for s in sources]
+    return [c for c in dict.fromkeys(wanted) if c in table.columns]
+
+
+def labelled_frame(spec: ModelSpec, table: pd.DataFrame) -> tuple[pd.DataFrame, int]:
+    """Prepared rows with a known target, in time order, and how many had none."""
+    missing = [c for c in input_columns(spec) if c not in table.columns]
+    if missing:
+        raise TrainingError(f"table {spec.table!r} lacks column(s) {', '.join(missing)}")
+    frame = spec.frame(table[input_columns(spec)])
+    absent = [c for c in (*spec.features, spec.target) if c not in frame.columns]
+    if absent:
+        raise TrainingError(f"prepared data lacks column(s) {', '.join(absent)}")
+    labelled = frame[frame[spec.target].notna()]
+    tcol = data.time_column(spec.table)
+    labelled = labelled.sort_values(tcol, kind="stable")
+    return labelled, len(frame) - len(labelled)
+
+
+def target_values(spec: ModelSpec, y: pd.Series) -> np.ndarray:
+    if spec.task == "regression":
+        return np.asarray(y.to_numpy(dtype=float))
+    if pd.api.types.is_numeric_dtype(y):
+        return np.asarray(y.to_numpy(dtype=float).astype(int))
+    return np.asarray(y.astype(str).to_numpy())
+
+
+def time_split(frame: pd.DataFrame, time_col: str,
+               fraction: float = HOLDOUT_FRACTION) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Latest `fraction` of rows by time as holdout; all training rows strictly earlier.
+
+    `frame` is in time order. Rows sharing a timestamp stay on one side, so with coarse
+    times (monthly scorecards) the cut goes to whichever boundary is nearer `fraction`.
+    """
+    times = frame[time_col].to_numpy()
+    if len(times) == 0:
+        return frame, frame
+    k = min(int(len(times) * (1 - fraction)), len(times) - 1)
+    first = int(np.searchsorted(times, times[k], side="left"))  # the tie group's bounds
+    after = int(np.searchsorted(times, times[k], side="right"))
+    want = len(times) * fraction
+    cut = first if (after == len(times)
+                    or abs(len(times) - first - want) <= abs(len(times) - after - want)) else after
+    return frame.iloc[:cut], frame.iloc[cut:]
+
+
+def decision_values(spec: ModelSpec, estimator: Pipeline, X: pd.DataFrame) -> np.ndarray:
+    """What the metric consumes: labels or values, or anomaly scores (higher = odder)."""
+    if spec.task == "anomaly":
+        return np.asarray(-estimator.score_samples(X))
+    return np.asarray(estimator.predict(X))
+
+
+def evaluate(spec: ModelSpec, estimator: Pipeline, frame: pd.DataFrame) -> float:
+    """The spec's metric of a fitted estimator on labelled, prepared rows."""
+    X = frame[list(spec.features)]
+    return get_metric(spec.metric).score(target_values(spec, frame[spec.target]),
+                                         decision_values(spec, estimator, X))
+
+
+def baseline_score(spec: ModelSpec, train: pd.DataFrame, holdout: pd.DataFrame) -> float:
+    """The naive model's score on the same holdout: the lift's reference point."""
+    y_true = target_values(spec, holdout[spec.target])
+    metric = get_metric(spec.metric)
+    if spec.task == "anomaly":
+        return metric.score(y_true, np.zeros(len(holdout)))
+    dummy: Any = (DummyRegressor(strategy="mean") if spec.task == "regression"
+                  else DummyClassifier(strategy="most_frequent"))
+    dummy.fit(np.zeros((len(train), 1)), target_values(spec, train[spec.target]))
+    return metric.score(y_true, dummy.predict(np.zeros((len(holdout), 1))))
+
+
+def reference_stats(spec: ModelSpec, X: pd.DataFrame, bins: int = 10) -> dict[str, Any]:
+    """Per-feature distribution of the training rows, for drift (PSI) checks later."""
+    stats: dict[str, Any] = {}
+    for col in spec.features:
+        values = X[col]
+        if col in spec.categorical:
+            shares = values.astype(str).where(values.notna(), "__missing__").value_counts(
+                normalize=True)
+            top = shares.head(30)
+            cats = {str(k): float(v) for k, v in top.items()}
+            cats["__other__"] = float(max(0.0, 1 - top.sum()))
+            stats[col] = {"kind": "categorical", "shares": cats}
+        else:
+            num = pd.to_numeric(values, errors="coerce").to_numpy(dtype=float)
+            finite = num[np.isfinite(num)]
+            if len(finite) == 0:
+                stats[col] = {"kind": "numeric", "edges": [], "shares": [], "missing": 1.0}
+                continue
+            edges = np.unique(np.quantile(finite, np.linspace(0, 1, bins + 1))[1:-1])
+            counts = np.bincount(np.searchsorted(edges, finite, side="right"),
+                                 minlength=len(edges) + 1)
+            stats[col] = {"kind": "numeric", "edges": edges.round(6).tolist(),
+                          "shares": (counts / counts.sum()).round(6).tolist(),
+                          "mean": float(finite.mean()), "std": float(finite.std()),
+                          "missing": float(1 - len(finite) / max(len(num), 1))}
+    return stats
+
+
+def _sample_weight(times: pd.Series, half_life_days: float) -> np.ndarray:
+    age = (times.max() - times).dt.total_seconds().to_numpy() / 86400
+    return np.asarray(0.5 ** (age / half_life_days))
+
+
+def _fit(spec: ModelSpec, train: pd.DataFrame, options: TrainOptions,
+         params: Mapping[str, Any]) -> Pipeline:
+    estimator = spec.make_estimator(**params)
+    X = train[list(spec.features)]
+    fit_kw: dict[str, Any] = {}
+    if options.strategy == "recency_weighted":
+        fit_kw["model__sample_weight"] = _sample_weight(
+            train[data.time_column(spec.table)], options.half_life_days or 60.0)
+    if spec.task == "anomaly":
+        estimator.fit(X, **fit_kw)
+    else:
+        estimator.fit(X, target_values(spec, train[spec.target]), **fit_kw)
+    return estimator
+
+
+def _search(spec: ModelSpec, train: pd.DataFrame, options: TrainOptions) -> dict[str, Any]:
+    """Pick the grid point that scores best on the latest slice of the training rows."""
+    inner_train, inner_valid = time_split(train, data.time_column(spec.table))
+    if len(inner_train) < 2 or len(inner_valid) < 2:
+        return dict(options.params)
+    grid = [{}, *SEARCH_GRID] if spec.task != "anomaly" else [
+        {}, {"n_estimators": 400}, {"max_samples": 1024}]
+    scored = []
+    for point in grid:
+        params = {**options.params, **point}
+        with contextlib.suppress(ValueError):
+            scored.append((evaluate(spec, _fit(spec, inner_train, options, params),
+                                    inner_valid), params))
+    return max(scored, key=lambda s: s[0])[1] if scored else dict(options.params)
+
+
+def train_one(spec: ModelSpec, table: pd.DataFrame, *, threshold: float,
+              options: TrainOptions = TrainOptions()) -> TrainResult:
+    """Fit one spec on a loaded table and score it on the time-ordered holdout."""
+    started = time.perf_counter()
+    result = TrainResult(spec.name, spec.group, spec.metric, threshold, status="failed",
+                         strategy=options.strategy)
+    try:
+        labelled, result.rows_unlabelled = labelled_frame(spec, table)
+        tcol = data.time_column(spec.table)
+        if len(labelled) < spec.min_samples:
+            raise TrainingError(f"{len(labelled)} labelled rows in {spec.table!r}; "
+                                f"{spec.name} needs at least {spec.min_samples}")
+        train, holdout = time_split(labelled, tcol)
+        if options.strategy == "recent_window":
+            days = options.window_days or 90.0
+            train = train[train[tcol] >= train[tcol].max() - pd.Timedelta(days=days)]
+        if len(train) < 2 or len(holdout) < 2:
+            raise TrainingError(f"{len(labelled)} labelled rows of {spec.table!r} cannot be "
+                                "split into training and holdout by time")
+        if spec.task == "classification" and train[spec.target].nunique() < 2:
+            raise TrainingError(f"the training rows hold only one class of {spec.target!r}")
+        params = (_search(spec, train, options) if options.strategy == "search"
+                  else dict(options.params))
+        fit_started = time.perf_counter()
+        estimator = _fit(spec, train, options, params)
+        result.score = round(evaluate(spec, estimator, holdout), 6)
+        result.fit_seconds = round(time.perf_counter() - fit_started, 4)
+        result.baseline = round(baseline_score(spec, train, holdout), 6)
+        result.passed = passes(result.score, threshold)
+        result.rows_train, result.rows_holdout = len(train), len(holdout)
+        result.data_start = train[tcol].min().isoformat()
+        result.data_end = holdout[tcol].max().isoformat()
+        result.holdout_start = holdout[tcol].min().isoformat()
+        result.params = {k: v for k, v in estimator.named_steps["model"].get_params().items()
+                         if isinstance(v, (int, float, str, bool, type(None)))}
+        result.feature_stats = reference_stats(spec, train[list(spec.features)])
+        result.estimator = estimator
+        result.status = "ok"
+    except TrainingError as exc:
+        result.error = str(exc)
+    except Exception as exc:  # bad data must fail this model only, with its reason
+        result.error = f"{type(exc).__name__}: {exc}"
+        result.params = {"traceback": traceback.format_exc(limit=3)}
+    result.duration_seconds = round(time.perf_counter() - started, 4)
+    return result
+
+
+def tables_for(specs: Iterable[ModelSpec]) -> list[str]:
+    return list(dict.fromkeys(spec.table for spec in specs))
+
+
+def load_tables(engine: Engine, specs: Iterable[ModelSpec]) -> dict[str, pd.DataFrame]:
+    """Each table the specs need, loaded once and shared by all of them."""
+    return {name: data.load_table(engine, name) for name in tables_for(specs)}
+
+
+def train_many(specs: Sequence[ModelSpec], tables: Mapping[str, pd.DataFrame], *,
+               thresholds: Mapping[str, float], n_jobs: int = -1,
+               options: Mapping[str, TrainOptions] | None = None,
+               on_result: Callable[[TrainResult], None] | None = None) -> list[TrainResult]:
+    """Train every spec, in parallel on the active joblib backend, results in spec order.
+
+    Workers get only the columns their spec reads. `on_result` is called in this process
+    as each model finishes (progress). The biggest tables go first so the cores stay busy.
+    """
+    options = options or {}
+    order = sorted(range(len(specs)), key=lambda i: -len(tables.get(specs[i].table, ())))
+    missing = [s.table for s in specs if s.table not in tables]
+    if missing:
+        raise ValueError(f"tables not loaded: {', '.join(sorted(set(missing)))}")
+
+    def task(i: int) -> Any:
+        spec = specs[i]
+        table = tables[spec.table]
+        present = [c for c in input_columns(spec) if c in table.columns]
+        return joblib.delayed(_train_indexed)(
+            i, spec, table[present], threshold=thresholds[spec.name],
+            options=options.get(spec.name, TrainOptions()))
+
+    results: list[TrainResult | None] = [None] * len(specs)
+    parallel = joblib.Parallel(n_jobs=n_jobs, return_as="generator_unordered")
+    for i, result in parallel(task(i) for i in order):
+        results[i] = result
+        if on_result is not None:
+            on_result(result)
+    return [r for r in results if r is not None]
+
+
+def _train_indexed(i: int, spec: ModelSpec, table: pd.DataFrame, *, threshold: float,
+                   options: TrainOptions) -> tuple[int, TrainResult]:
+    return i, train_one(spec, table, threshold=threshold, options=options)
+
+
+@contextlib.contextmanager
+def parallel_backend(backend: str = "loky", address: str | None = None) -> Iterator[None]:
+    """Run `train_many`'s fan-out on loky (local cores) or a dask.distributed cluster."""
+    if backend == "dask":
+        try:
+            from distributed import Client
+        except ImportError as exc:
+            raise RuntimeError("TRAINING_BACKEND=dask needs the optional dependency: "
+                               "pip install 'dask[distributed]'") from exc
+        client = Client(address, timeout=10)  # type: ignore[no-untyped-call]
+        with client, joblib.parallel_config(backend="dask"):
+            yield
+    else:
+        with joblib.parallel_config(backend="loky"):
+            yield

@@ -1,0 +1,28 @@
+"""The same code against the real PostgreSQL server on 127.0.0.1:5432."""
+
+from __future__ import annotations
+
+from datetime import date
+
+import pytest
+
+from backend.ml import data, datagen, specs, trainer
+from tests.conftest import thresholds_for
+
+pytestmark = pytest.mark.postgres
+
+
+def test_all_17_train_on_postgres(postgres_url: str) -> None:
+    counts = datagen.init_db(data.writable_engine(postgres_url), days=300,
+                             end=date(2026, 10, 31))
+    assert counts["shipments"] > 30_000
+    engine = data.readonly_engine(postgres_url)
+    chosen = list(specs.SPECS.values())
+    tables = trainer.load_tables(engine, chosen)
+    results = trainer.train_many(chosen, tables, thresholds=thresholds_for(chosen), n_jobs=2)
+    failures = {r.name: r.error for r in results if not r.ok}
+    assert not failures
+    for r in results:
+        assert r.score > r.baseline, r.name
+    with pytest.raises(datagen.DatabaseExistsError):
+        datagen.init_db(data.writable_engine(postgres_url), days=3)
