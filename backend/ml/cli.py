@@ -11,14 +11,18 @@ import json
 import sys
 import time
 from collections.abc import Callable, Sequence
-from datetime import UTC, date, datetime
+from datetime import date
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.engine import make_url
 
 from backend.ml import data, datagen, specs
 from backend.ml.config import Settings, get_settings
+from backend.ml.fsio import LockTimeout
+from backend.ml.history import HistoryWriteError
+from backend.ml.runner import RunInProgressError, Runner, Services
+from backend.ml.store import StoreError
 
 EXIT_FAILED_RUN = 1
 EXIT_USAGE = 2
@@ -33,14 +37,6 @@ def _sqlite_file(url: str) -> Path | None:
     if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
         return Path(parsed.database)
     return None
-
-
-def open_readonly(settings: Settings) -> Engine:
-    path = _sqlite_file(settings.DATABASE_URL)
-    if path is not None and not path.exists():
-        raise CommandError(f"database file {path} does not exist; create it with "
-                           "`python -m backend.ml init-db`")
-    return data.readonly_engine(settings.DATABASE_URL)
 
 
 def _progress_printer(total: int, *, stream: Any = sys.stderr) -> Callable[[Any], None]:
@@ -100,31 +96,93 @@ def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
-    from backend.ml import trainer
-    from backend.ml.results import summarize
-
     names = specs.parse_names(args.models)
-    chosen = [specs.get_spec(n) for n in names]
-    engine = open_readonly(settings)
-    started = time.perf_counter()
-    timestamp = datetime.now(UTC).isoformat()
-    tables = trainer.load_tables(engine, chosen)
-    thresholds = {s.name: specs.threshold_for(s, settings.MIN_ACCURACY_THRESHOLD,
-                                              settings.threshold_overrides()) for s in chosen}
+    runner = Runner(Services.from_settings(settings))
     show = sys.stderr.isatty() or not args.json
-    with trainer.parallel_backend(settings.TRAINING_BACKEND, settings.DASK_SCHEDULER_ADDRESS):
-        results = trainer.train_many(chosen, tables, thresholds=thresholds,
-                                     n_jobs=settings.TRAINING_N_JOBS,
-                                     on_result=_progress_printer(len(chosen)) if show else None)
-    summary = summarize(results, timestamp=timestamp,
-                        duration_seconds=time.perf_counter() - started)
+    summary = runner.run(trigger="manual", models=names, actor="cli",
+                         on_result=_progress_printer(len(names)) if show else None)
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
         print(f"{summary['status']}: {summary['successful_models']}/{summary['models_trained']}"
               f" models trained in {summary['duration_seconds']:.1f}s, "
-              f"average score {summary['avg_accuracy']}")
+              f"average score {summary['avg_accuracy']}; run {summary['run_id']}; "
+              f"promoted: {', '.join(summary['promoted']) or 'none'}")
     return 0 if summary["status"] == "success" else EXIT_FAILED_RUN
+
+
+def cmd_models(args: argparse.Namespace, settings: Settings) -> int:
+    services = Services.from_settings(settings)
+    rows = []
+    for name in specs.MODEL_NAMES:
+        spec = specs.get_spec(name)
+        meta = services.store.production_meta(name)
+        threshold = specs.threshold_for(spec, settings.MIN_ACCURACY_THRESHOLD,
+                                        settings.threshold_overrides())
+        newest = next(iter(services.store.versions(name)), None)
+        state = ("no model" if meta is None
+                 else "below threshold" if meta.get("score", 0) < threshold
+                 else "candidate waiting" if newest and newest["version"] != meta["version"]
+                 and newest.get("state") == "candidate" else "serving")
+        rows.append({"model": name, "group": spec.group, "metric": spec.metric,
+                     "production": meta["version"] if meta else None,
+                     "score": meta.get("score") if meta else None, "threshold": threshold,
+                     "trained_at": meta.get("created_at") if meta else None, "state": state})
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"{'model':<25}{'group':<15}{'production':<12}{'score':>8}{'threshold':>10}  state")
+    for r in rows:
+        score = f"{r['score']:.3f}" if r["score"] is not None else "-"
+        print(f"{r['model']:<25}{r['group']:<15}{r['production'] or '-':<12}{score:>8}"
+              f"{r['threshold']:>10.2f}  {r['state']}")
+    return 0
+
+
+def cmd_rollback(args: argparse.Namespace, settings: Settings) -> int:
+    specs.get_spec(args.name)
+    entry = Services.from_settings(settings).store.rollback(args.name, to=args.to, actor="cli")
+    print(f"{args.name}: production {entry['from']} -> {entry['to']}")
+    return 0
+
+
+def cmd_restore(args: argparse.Namespace, settings: Settings) -> int:
+    from backend.ml.backups import restore_backup
+
+    path = Path(args.backup)
+    if not path.is_absolute():
+        path = settings.LOGS_DIR / path
+    restored = restore_backup(settings.MODELS_DIR, path, key=settings.BACKUP_ENCRYPTION_KEY,
+                              actor="cli")
+    print(f"restored {path.name}: " + json.dumps(restored, default=str))
+    return 0
+
+
+def cmd_backups(args: argparse.Namespace, settings: Settings) -> int:
+    from backend.ml.backups import list_backups
+
+    for backup in list_backups(settings.LOGS_DIR):
+        print(json.dumps(backup, default=str))
+    return 0
+
+
+def cmd_history(args: argparse.Namespace, settings: Settings) -> int:
+    history = Services.from_settings(settings).history
+    records = history.trainings(limit=args.limit)
+    if args.json:
+        print(json.dumps({"trainings": records, "stats": history.stats()}, indent=2))
+        return 0
+    for r in records:
+        def field(key: str, record: dict[str, Any] = r) -> str:
+            value = record.get(key)
+            return "-" if value is None else str(value)
+        print(f"{field('timestamp')[:19]:<20} {field('run_id'):<32} {field('trigger'):<9}"
+              f"{field('status'):<12}{field('successful_models'):>3}/"
+              f"{field('models_trained'):<3} avg {field('avg_accuracy')}")
+    stats = history.stats()
+    print(f"{stats.get('total_trainings', 0)} trainings, success rate "
+          f"{stats.get('success_rate', 0)}%, last {stats.get('last_training')}")
+    return 0
 
 
 def cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
@@ -159,6 +217,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=cmd_train)
 
+    p = sub.add_parser("models", help="the 17 models: production version, score, state")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("rollback", help="production back to the previous or a named version")
+    p.add_argument("name")
+    p.add_argument("--to", help="a version id such as v0003 (default: previous)")
+    p.set_defaults(func=cmd_rollback)
+
+    p = sub.add_parser("restore", help="restore a backup set (name under LOGS_DIR or a path)")
+    p.add_argument("backup")
+    p.set_defaults(func=cmd_restore)
+
+    p = sub.add_parser("backups", help="list backup sets")
+    p.set_defaults(func=cmd_backups)
+
+    p = sub.add_parser("history", help="recent training runs and statistics")
+    p.add_argument("--limit", type=int, default=20)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_history)
+
     p = sub.add_parser("bench", help="time the training cycle at several data sizes")
     p.add_argument("--json", action="store_true")
     p.add_argument("--sizes", default="default,300000,1000000",
@@ -176,7 +255,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         result: int = args.func(args, settings)
         return result
     except (CommandError, specs.UnknownModelError, data.DataError, ValueError,
-            datagen.DatabaseExistsError) as exc:
+            datagen.DatabaseExistsError, StoreError, RunInProgressError, HistoryWriteError,
+            LockTimeout) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -206,6 +207,16 @@ def readonly_engine(url: str) -> Engine:
         return sa.create_engine(url, connect_args={
             "options": "-c default_transaction_read_only=on", "connect_timeout": 5})
     return sa.create_engine(url)
+
+
+def open_readonly(url: str) -> Engine:
+    """A read-only engine; a missing SQLite file is named instead of silently created."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+        if not Path(parsed.database).exists():
+            raise DataError(f"database file {parsed.database} does not exist; create it with "
+                            "`python -m backend.ml init-db`")
+    return readonly_engine(url)
 
 
 def writable_engine(url: str) -> Engine:

@@ -1,0 +1,253 @@
+"""The periodic check: live accuracy on fresh labelled rows, drift, retraining, A/B.
+
+Each production model is scored on labelled rows newer than its training window (the
+end of its holdout). Fewer than `fresh_minimum(spec)` rows is "insufficient_fresh_data",
+not a verdict. Drift is the PSI of each feature against the training reference stored
+with the version. One check entry per run goes into the history.
+
+Verdicts, with hysteresis so a model hovering at its threshold does not flap:
+  healthy   at or above threshold (+ margin once it had been degraded)
+  watch     below threshold once, by less than the margin: confirmed at the next check
+  degraded  below threshold by more than the margin, or below it twice in a row
+A degraded model is retrained through the runner (trigger "retrain"), each attempt trying
+something different: 1 all data including the fresh rows, 2 recency weights, 3 a small
+hyper-parameter search; with backoff between attempts. After the last failed attempt:
+one alert, the best version keeps serving (the promotion gate guarantees it), and the
+model cools down until new data arrives or the next daily run passes.
+
+A/B: the newest candidate newer than production is scored on the same fresh rows; one
+that beats production on `ab_wins` consecutive checks is promoted ("ab_promote").
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import threading
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import numpy as np
+import pandas as pd
+
+from backend.ml import data, specs, trainer
+from backend.ml.fsio import atomic_write_json, read_json
+from backend.ml.runner import Runner
+from backend.ml.scheduler import next_daily_time
+
+logger = logging.getLogger(__name__)
+MARGIN = 0.02
+RETRY_STRATEGIES = (
+    trainer.TrainOptions("full"),
+    trainer.TrainOptions("recency_weighted", half_life_days=30.0),
+    trainer.TrainOptions("search"),
+)
+PSI_ALERT = 0.25
+
+
+def fresh_minimum(spec: specs.ModelSpec) -> int:
+    return max(30, spec.min_samples // 5)
+
+
+def psi(reference: Mapping[str, Any], values: pd.Series) -> float:
+    """Population stability index of `values` against a stored reference distribution."""
+    eps = 1e-4
+    if reference.get("kind") == "categorical":
+        ref = dict(reference["shares"])
+        seen = values.astype(str).where(values.notna(), "__missing__")
+        shares = seen.value_counts(normalize=True)
+        known = {k: float(shares.get(k, 0.0)) for k in ref if k != "__other__"}
+        actual = {**known, "__other__": max(0.0, 1 - sum(known.values()))}
+        expected = {k: float(ref.get(k, 0.0)) for k in actual}
+    else:
+        edges = np.asarray(reference.get("edges", []), dtype=float)
+        ref_shares = np.asarray(reference.get("shares", []), dtype=float)
+        num = pd.to_numeric(values, errors="coerce").to_numpy(dtype=float)
+        num = num[np.isfinite(num)]
+        if len(ref_shares) == 0 or len(num) == 0:
+            return 0.0
+        counts = np.bincount(np.searchsorted(edges, num, side="right"),
+                             minlength=len(ref_shares))
+        actual = dict(enumerate(counts / counts.sum()))
+        expected = dict(enumerate(ref_shares))
+    a = np.array([actual[k] for k in expected]) + eps
+    e = np.array([expected[k] for k in expected]) + eps
+    return float(np.sum((a - e) * np.log(a / e)))
+
+
+def drift_report(spec: specs.ModelSpec, reference: Mapping[str, Any],
+                 fresh: pd.DataFrame) -> dict[str, Any]:
+    scores = {f: round(psi(reference[f], fresh[f]), 4) for f in spec.features if f in reference}
+    top = sorted(scores.items(), key=lambda kv: -kv[1])[:3]
+    return {"max_psi": max(scores.values(), default=0.0),
+            "top_features": [[name, value] for name, value in top if value >= 0.1]}
+
+
+class Monitor:
+    def __init__(self, runner: Runner, *, backoff_seconds: float = 60.0, ab_wins: int = 3,
+                 stop: threading.Event | None = None) -> None:
+        self.runner = runner
+        self.services = runner.services
+        self.settings = runner.settings
+        self.backoff_seconds = backoff_seconds
+        self.ab_wins = ab_wins
+        self._stop = stop or threading.Event()
+        self.state_path = self.settings.LOGS_DIR / "monitor_state.json"
+
+    # ---- state ------------------------------------------------------------------------------
+
+    def _load_state(self) -> dict[str, Any]:
+        try:
+            state: dict[str, Any] = read_json(self.state_path)
+            return state
+        except (OSError, ValueError):
+            return {}
+
+    def _save_state(self, state: Mapping[str, Any]) -> None:
+        atomic_write_json(self.state_path, dict(state))
+
+    # ---- the check --------------------------------------------------------------------------
+
+    def run_check(self) -> dict[str, Any]:
+        """Check every production model, retrain what is degraded; the history entry."""
+        store = self.services.store
+        state = self._load_state()
+        served = {name: store.load_serving(name, on_alert=self.services.alerts.callback(name))
+                  for name in specs.MODEL_NAMES}
+        tables = self._fresh_tables({n: s[1] for n, s in served.items() if s is not None})
+        entry: dict[str, Any] = {"check_id": f"check-{datetime.now(UTC):%Y%m%dT%H%M%SZ}-"
+                                             f"{secrets.token_hex(2)}",
+                                 "timestamp": datetime.now(UTC).isoformat(), "models": {}}
+        degraded: list[str] = []
+        for name, serving in served.items():
+            model_state = state.setdefault(name, {})
+            if serving is None:
+                entry["models"][name] = {"verdict": "no_model"}
+                continue
+            verdict = self._check_model(name, serving, tables, model_state)
+            entry["models"][name] = verdict
+            if verdict["verdict"] == "degraded":
+                degraded.append(name)
+        for name in degraded:
+            entry["models"][name]["retrain"] = self._retrain(name, state[name], tables)
+        self._save_state(state)
+        self.services.history.append_check(entry)
+        summary = {v: sum(m["verdict"] == v for m in entry["models"].values())
+                   for v in ("healthy", "watch", "degraded", "insufficient_fresh_data")}
+        logger.info("check %s: %s", entry["check_id"], ", ".join(
+            f"{k} {v}" for k, v in summary.items() if v))
+        return entry
+
+    def _fresh_tables(self, metas: Mapping[str, Mapping[str, Any]]) -> dict[str, pd.DataFrame]:
+        """Each table from the oldest training-window end among its models onward."""
+        starts: dict[str, datetime] = {}
+        for name, meta in metas.items():
+            table = specs.get_spec(name).table
+            end = pd.Timestamp(meta["data_end"]).to_pydatetime()
+            starts[table] = min(starts.get(table, end), end)
+        # Lag features need the days before the window: two weeks of margin is enough.
+        engine = data.open_readonly(self.settings.DATABASE_URL)
+        return {t: data.load_table(engine, t, window=data.Window(
+            start=start - pd.Timedelta(days=15))) for t, start in starts.items()}
+
+    def _check_model(self, name: str, serving: tuple[Any, Mapping[str, Any]],
+                     tables: Mapping[str, pd.DataFrame],
+                     model_state: dict[str, Any]) -> dict[str, Any]:
+        estimator, meta = serving
+        spec = specs.get_spec(name)
+        threshold = specs.threshold_for(spec, self.settings.MIN_ACCURACY_THRESHOLD,
+                                        self.settings.threshold_overrides())
+        labelled, _ = trainer.labelled_frame(spec, tables[spec.table])
+        tcol = data.time_column(spec.table)
+        fresh = labelled[labelled[tcol] > pd.Timestamp(meta["data_end"])]
+        result: dict[str, Any] = {"version": meta["version"], "threshold": threshold,
+                                  "samples": len(fresh)}
+        if len(fresh) < fresh_minimum(spec):
+            result["verdict"] = "insufficient_fresh_data"
+            result["needed"] = fresh_minimum(spec)
+            return result
+        live = round(trainer.evaluate(spec, estimator, fresh), 6)
+        result["live_score"] = live
+        result["drift"] = drift_report(spec, meta.get("feature_stats", {}), fresh)
+        was = model_state.get("verdict", "healthy")
+        if live < threshold - MARGIN or (live < threshold and was in ("watch", "degraded")):
+            verdict = "degraded"
+        elif live < threshold:
+            verdict = "watch"
+        elif was == "degraded" and live < threshold + MARGIN:
+            verdict = "degraded_recovering"
+        else:
+            verdict = "healthy"
+        model_state["verdict"] = "degraded" if verdict == "degraded_recovering" else verdict
+        result["verdict"] = verdict
+        if verdict == "healthy":
+            model_state.pop("cooldown", None)
+        self._ab_test(name, spec, fresh, live, model_state, result)
+        return result
+
+    def _ab_test(self, name: str, spec: specs.ModelSpec, fresh: pd.DataFrame, live: float,
+                 model_state: dict[str, Any], result: dict[str, Any]) -> None:
+        store = self.services.store
+        candidates = [v for v in store.versions(name) if v.get("state") == "candidate"]
+        production = store.aliases(name)["production"]
+        newest = candidates[0] if candidates else None
+        if newest is None or production is None or newest["version"] < production:
+            model_state.pop("ab", None)
+            return
+        try:
+            estimator, _ = store.load(name, newest["version"])
+            score = round(trainer.evaluate(spec, estimator, fresh), 6)
+        except Exception as exc:  # an unloadable candidate simply loses
+            logger.warning("A/B: %s %s cannot be scored: %s", name, newest["version"], exc)
+            return
+        ab = model_state.get("ab", {})
+        wins = ab.get("wins", 0) + 1 if ab.get("version") == newest["version"] else 1
+        wins = wins if score > live else 0
+        model_state["ab"] = {"version": newest["version"], "wins": wins}
+        result["ab"] = {"candidate": newest["version"], "score": score, "wins": wins}
+        if wins >= self.ab_wins:
+            store.promote(name, newest["version"], actor="scheduler", action="ab_promote",
+                          reason=f"A/B: beat production on {wins} consecutive checks "
+                                 f"({score:.4f} vs {live:.4f} on fresh rows)")
+            model_state.pop("ab", None)
+            result["ab"]["promoted"] = True
+
+    # ---- retraining -------------------------------------------------------------------------
+
+    def _retrain(self, name: str, model_state: dict[str, Any],
+                 tables: Mapping[str, pd.DataFrame]) -> dict[str, Any]:
+        spec = specs.get_spec(name)
+        newest = str(tables[spec.table][data.time_column(spec.table)].max())
+        cooldown = model_state.get("cooldown")
+        if cooldown and cooldown["newest_data"] == newest and \
+                datetime.now(UTC) < datetime.fromisoformat(cooldown["until"]):
+            return {"skipped": f"cooling down until {cooldown['until']} or new data"}
+        model_state.pop("cooldown", None)
+        limit = min(self.settings.MAX_RETRAIN_ATTEMPTS, len(RETRY_STRATEGIES))
+        attempts = []
+        for k in range(1, limit + 1):
+            options = RETRY_STRATEGIES[k - 1]
+            summary = self.runner.run(trigger="retrain", models=[name], actor="scheduler",
+                                      options={name: options})
+            detail = summary["model_details"][f"{spec.group}_models"][name]
+            attempts.append({"attempt": k, "strategy": options.strategy,
+                             "run_id": summary["run_id"], "score": detail.get("score"),
+                             "promoted": detail.get("promoted", False)})
+            logger.info("retrain %s attempt %d/%d (%s): score %s, promoted %s", name, k, limit,
+                        options.strategy, detail.get("score"), detail.get("promoted"))
+            if detail.get("promoted") and detail.get("passed"):
+                model_state["verdict"] = "healthy"
+                return {"recovered": True, "attempts": attempts}
+            if k < limit and self._stop.wait(self.backoff_seconds * 2 ** (k - 1)):
+                break  # shutting down
+        until = next_daily_time(datetime.now(UTC), self.settings.DAILY_TRAINING_TIME,
+                                ZoneInfo(self.settings.TRAINING_TIMEZONE))
+        model_state["cooldown"] = {"newest_data": newest, "until": until.isoformat()}
+        self.services.alerts.notify(
+            "critical", "retrain_exhausted",
+            f"{len(attempts)} retraining attempts did not bring {name} back above its "
+            f"threshold; the best version keeps serving; cooling down until new data or "
+            f"{until.isoformat()}", model=name, attempts=attempts)
+        return {"recovered": False, "attempts": attempts, "cooldown_until": until.isoformat()}
