@@ -185,6 +185,30 @@ def cmd_history(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_scheduler(args: argparse.Namespace, settings: Settings) -> int:
+    """The scheduler without the web server, until SIGINT or SIGTERM."""
+    import signal
+    import threading
+
+    from backend.ml.logsetup import configure_logging
+    from backend.ml.monitor import Monitor
+    from backend.ml.scheduler import TrainingScheduler
+
+    log_file = configure_logging(settings.LOGS_DIR)
+    runner = Runner(Services.from_settings(settings))
+    runner.recover_interrupted()
+    scheduler = TrainingScheduler(runner)
+    scheduler.check = Monitor(runner, stop=scheduler.stop_event).run_check
+    done = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: done.set())
+    print(f"scheduler running headless; log: {log_file}; Ctrl-C stops it", flush=True)
+    scheduler.start()
+    done.wait()
+    scheduler.stop()
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
     from backend.ml import bench
 
@@ -237,6 +261,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=20)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_history)
+
+    p = sub.add_parser("scheduler", help="run the scheduler headless (no web server)")
+    p.set_defaults(func=cmd_scheduler)
 
     p = sub.add_parser("bench", help="time the training cycle at several data sizes")
     p.add_argument("--json", action="store_true")

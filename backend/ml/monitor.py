@@ -251,3 +251,8 @@ class Monitor:
             f"threshold; the best version keeps serving; cooling down until new data or "
             f"{until.isoformat()}", model=name, attempts=attempts)
         return {"recovered": False, "attempts": attempts, "cooldown_until": until.isoformat()}
+
+
+def run_check(runner: Runner, **options: Any) -> dict[str, Any]:
+    """One check with a fresh `Monitor` (its state lives on disk, not in the object)."""
+    return Monitor(runner, **options).run_check()

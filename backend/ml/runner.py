@@ -139,6 +139,9 @@ class Runner:
         Raises RunInProgressError at once (no thread left behind) when another run holds
         the lock, so an HTTP trigger can answer 409 or 202 truthfully.
         """
+        if kwargs.get("trigger", "manual") not in TRIGGERS:
+            raise ValueError(f"trigger must be one of {', '.join(TRIGGERS)}")
+        specs.parse_names(kwargs.get("models"))  # a bad name fails here, not in the thread
         run_id = kwargs.pop("run_id", None) or new_run_id()
         locked = threading.Event()
         refused: list[RunInProgressError] = []

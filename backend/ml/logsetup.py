@@ -1,0 +1,55 @@
+"""The service's log: `LOGS_DIR/training_scheduler.log` (rotating) and the console.
+
+Handlers go on the `backend` logger, so the ML core (`backend.ml.*`) and the HTTP edge
+(`backend.app`) log to both; uvicorn keeps its own loggers. Configuring twice (a second
+app in one process, a test) replaces this module's handlers rather than adding more, so a
+line is never written twice; handlers that others added are left alone.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from logging.handlers import RotatingFileHandler
+from pathlib import Path
+
+from backend.ml.fsio import ensure_dir
+
+LOG_FILE_NAME = "training_scheduler.log"
+FORMAT = "%(asctime)s %(levelname)s %(name)s [%(threadName)s] %(message)s"
+MAX_BYTES = 10 * 1024 * 1024
+BACKUP_COUNT = 5
+_MARK = "_ml_scheduler_handler"
+
+
+class ConsoleHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever `sys.stderr` is when a record comes (test runners swap it)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stderr
+        super().emit(record)
+
+
+def configure_logging(logs_dir: Path, *, level: int = logging.INFO) -> Path:
+    """Log `backend.*` to the rotating file under `logs_dir` (created when missing) and to
+    the console; the log file's path."""
+    path = ensure_dir(Path(logs_dir)) / LOG_FILE_NAME
+    logger = logging.getLogger("backend")
+    ours = [h for h in logger.handlers if getattr(h, _MARK, False)]
+    if any(isinstance(h, RotatingFileHandler) and Path(h.baseFilename) == path.resolve()
+           for h in ours) and len(ours) == 2:
+        logger.setLevel(level)
+        return path
+    for handler in ours:
+        logger.removeHandler(handler)
+        handler.close()
+    formatter = logging.Formatter(FORMAT)
+    file_handler = RotatingFileHandler(path, maxBytes=MAX_BYTES, backupCount=BACKUP_COUNT,
+                                       encoding="utf-8")
+    console = ConsoleHandler()
+    for handler in (file_handler, console):
+        handler.setFormatter(formatter)
+        setattr(handler, _MARK, True)
+        logger.addHandler(handler)
+    logger.setLevel(level)
+    return path
