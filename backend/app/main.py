@@ -1,13 +1,122 @@
-"""The FastAPI application: HTTP only; the ML core lives in `backend.ml`."""
+"""The FastAPI application: HTTP only; the ML core lives in `backend.ml`.
+
+`uvicorn backend.app.main:app` runs it. Nothing happens at import: the lifespan reads the
+settings (a bad value stops start-up with a message naming the variable), configures the
+log, builds the services and runner, marks runs a dead process left "running" as
+interrupted, and starts the scheduler thread unless SCHEDULER_ENABLED=false. It neither
+trains nor loads tables, so start-up takes well under a second with an existing database.
+"""
 
 from __future__ import annotations
 
+import logging
+import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from anyio import to_thread
 from fastapi import FastAPI
+from pydantic import ValidationError
 
-app = FastAPI(title="ML Automated Training Scheduler", version="0.1.0", docs_url="/api/docs",
-              redoc_url=None)
+from backend.app import errors
+from backend.app.deps import EstimatorCache, Scheduler
+from backend.app.routes import api_router
+from backend.app.schemas import error_responses
+from backend.ml.config import Settings, get_settings
+from backend.ml.data import describe_url
+from backend.ml.logsetup import configure_logging
+from backend.ml.monitor import Monitor
+from backend.ml.runner import Runner, Services
+from backend.ml.scheduler import TrainingScheduler
+
+logger = logging.getLogger("backend.app")
+VERSION = "0.1.0"
+SECRET_WORDS = ("KEY", "PASSWORD", "SECRET", "TOKEN", "URL")
 
 
-@app.get("/health")
-def health() -> dict[str, str]:
-    return {"status": "ok"}
+def load_settings(app: FastAPI) -> Settings:
+    """The settings (`get_settings`, or its override); RuntimeError naming each bad variable."""
+    factory = app.dependency_overrides.get(get_settings, get_settings)
+    try:
+        settings: Settings = factory()
+    except ValidationError as exc:
+        problems = "; ".join(_problem(e) for e in exc.errors())
+        raise RuntimeError(f"invalid configuration: {problems}") from None
+    return settings
+
+
+def _problem(error: Any) -> str:
+    name = ".".join(map(str, error["loc"])) or "settings"
+    message = str(error["msg"]).removeprefix("Value error, ")
+    if any(word in name for word in SECRET_WORDS):  # never echo a password or key
+        return f"{name}: {message}"
+    return f"{name}: {message} (got {error.get('input')!r})"
+
+
+def start_scheduler(runner: Runner, stop: threading.Event) -> Scheduler:
+    """The scheduler thread (or its standby loop, when another process holds the lease),
+    with the hourly check; `stop` cuts short a check waiting between retrain attempts."""
+    monitor = Monitor(runner, stop=stop)
+    scheduler: Scheduler = TrainingScheduler(runner, check=monitor.run_check)
+    scheduler.start()
+    return scheduler
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    try:
+        settings = load_settings(app)
+    except RuntimeError as exc:
+        logger.critical("%s", exc)
+        raise
+    log_file = configure_logging(settings.LOGS_DIR)
+    services = Services.from_settings(settings)
+    runner = Runner(services)
+    interrupted = runner.recover_interrupted()
+    if interrupted:
+        logger.warning("marked %d run(s) interrupted: %s", len(interrupted),
+                       ", ".join(interrupted))
+    if not settings.ML_API_KEY:
+        logger.warning("ML_API_KEY is not set: trigger and rollback are open to anyone who "
+                       "can reach this service")
+    stopping = threading.Event()
+    scheduler = start_scheduler(runner, stopping) if settings.SCHEDULER_ENABLED else None
+    app.state.settings = settings
+    app.state.services = services
+    app.state.runner = runner
+    app.state.scheduler = scheduler
+    app.state.estimators = EstimatorCache()
+    logger.info("API ready: models %s, logs %s (%s), database %s, scheduler %s",
+                settings.MODELS_DIR, settings.LOGS_DIR, log_file.name,
+                describe_url(settings.DATABASE_URL),
+                "started" if scheduler is not None else "disabled (SCHEDULER_ENABLED=false)")
+    try:
+        yield
+    finally:
+        stopping.set()
+        if scheduler is not None:
+            await to_thread.run_sync(scheduler.stop)
+        current = runner.current()
+        if current is not None:
+            logger.warning("shutting down while run %s is running in this or another "
+                           "process; if it is ours it will show as interrupted",
+                           current.get("run_id"))
+        logger.info("API stopped")
+
+
+def create_app() -> FastAPI:
+    """A new application (tests build one each, with their own overrides)."""
+    responses: dict[int | str, dict[str, Any]] = error_responses(500)
+    app = FastAPI(title="ML Automated Training Scheduler", version=VERSION,
+                  description="Keeps 17 logistics models fresh: nightly training, hourly "
+                              "checks, versions, rollback. Every answer is an envelope: "
+                              '`{"status": "success", "data": ...}` or `{"status": "error", '
+                              '"error": {"code", "message"}}`.',
+                  docs_url="/api/docs", redoc_url=None, lifespan=lifespan, responses=responses)
+    errors.install(app)
+    app.include_router(api_router)
+    return app
+
+
+app = create_app()

@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import os
 import socket
 import threading
 from collections.abc import Callable
@@ -130,7 +129,7 @@ class TrainingScheduler:
     # ---- the thread -------------------------------------------------------------------------
 
     def _main(self) -> None:
-        purpose = f"pid={os.getpid()} host={socket.gethostname()}"
+        purpose = f"host={socket.gethostname()} scheduler"
         while not self._stop.is_set():
             try:
                 with file_lock(self.lease_path, timeout=0, purpose=purpose):

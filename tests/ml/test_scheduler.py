@@ -13,7 +13,7 @@ import time_machine
 
 from backend.ml.config import Settings
 from backend.ml.fsio import file_lock
-from backend.ml.runner import Runner, RunInProgressError, Services
+from backend.ml.runner import RunInProgressError, Runner, Services
 from backend.ml.scheduler import TrainingScheduler, next_daily_time, previous_daily_time
 
 

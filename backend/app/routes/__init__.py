@@ -1,0 +1,12 @@
+"""The HTTP routes, one module per resource; `api_router` gathers them."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from backend.app.routes import models, system, training
+
+api_router = APIRouter()
+api_router.include_router(training.router)
+api_router.include_router(models.router)
+api_router.include_router(system.router)
