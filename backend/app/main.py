@@ -72,7 +72,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         raise
     log_file = configure_logging(settings.LOGS_DIR)
     services = Services.from_settings(settings)
-    runner = Runner(services)
+    runner = Runner(services, isolated=True)  # training never shares our GIL
     interrupted = runner.recover_interrupted()
     if interrupted:
         logger.warning("marked %d run(s) interrupted: %s", len(interrupted),

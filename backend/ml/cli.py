@@ -97,9 +97,22 @@ def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     names = specs.parse_names(args.models)
+    options = {}
+    if args.options:
+        from backend.ml.trainer import TrainOptions
+
+        options = {name: TrainOptions(**fields)
+                   for name, fields in json.loads(args.options).items()}
+    try:  # training lines go to the service's log too, whoever started the run
+        from backend.ml.logsetup import configure_logging
+
+        configure_logging(settings.LOGS_DIR, console=False)
+    except OSError as exc:
+        print(f"warning: not logging to {settings.LOGS_DIR}: {exc}", file=sys.stderr)
     runner = Runner(Services.from_settings(settings))
     show = sys.stderr.isatty() or not args.json
-    summary = runner.run(trigger="manual", models=names, actor="cli",
+    summary = runner.run(trigger=args.trigger, models=names, actor=args.actor,
+                         run_id=args.run_id, options=options,
                          on_result=_progress_printer(len(names)) if show else None)
     if args.json:
         print(json.dumps(summary, indent=2))
@@ -195,7 +208,7 @@ def cmd_scheduler(args: argparse.Namespace, settings: Settings) -> int:
     from backend.ml.scheduler import TrainingScheduler
 
     log_file = configure_logging(settings.LOGS_DIR)
-    runner = Runner(Services.from_settings(settings))
+    runner = Runner(Services.from_settings(settings), isolated=True)
     runner.recover_interrupted()
     scheduler = TrainingScheduler(runner)
     scheduler.check = Monitor(runner, stop=scheduler.stop_event).run_check
@@ -239,6 +252,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train models now")
     p.add_argument("--models", help="comma-separated model names (default: all 17)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--trigger", default="manual", choices=["manual", "daily", "retrain",
+                                                            "catch-up"])
+    # Used when the service runs training in a child process:
+    p.add_argument("--actor", default="cli", choices=["cli", "api", "scheduler"],
+                   help=argparse.SUPPRESS)
+    p.add_argument("--run-id", help=argparse.SUPPRESS)
+    p.add_argument("--options", help=argparse.SUPPRESS)  # JSON: model -> TrainOptions
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("models", help="the 17 models: production version, score, state")

@@ -117,6 +117,20 @@ class Settings(BaseSettings):
     def history_file(self) -> Path:
         return self.HISTORY_FILE or self.LOGS_DIR / "training_history.json"
 
+    def as_environment(self) -> dict[str, str]:
+        """These settings as environment variables, for a child process to read back."""
+        env: dict[str, str] = {}
+        for name, value in self.model_dump().items():
+            if value is None:
+                continue
+            if isinstance(value, bool):
+                env[name] = "true" if value else "false"
+            elif isinstance(value, dict):
+                env[name] = json.dumps(value)
+            else:
+                env[name] = str(value)
+        return env
+
     def threshold_overrides(self) -> dict[str, float]:
         return {name: float(value) for name, value in self.MODEL_THRESHOLDS.items()}
 

@@ -30,14 +30,15 @@ class ConsoleHandler(logging.StreamHandler):  # type: ignore[type-arg]
         super().emit(record)
 
 
-def configure_logging(logs_dir: Path, *, level: int = logging.INFO) -> Path:
+def configure_logging(logs_dir: Path, *, level: int = logging.INFO,
+                      console: bool = True) -> Path:
     """Log `backend.*` to the rotating file under `logs_dir` (created when missing) and to
     the console; the log file's path."""
     path = ensure_dir(Path(logs_dir)) / LOG_FILE_NAME
     logger = logging.getLogger("backend")
     ours = [h for h in logger.handlers if getattr(h, _MARK, False)]
     if any(isinstance(h, RotatingFileHandler) and Path(h.baseFilename) == path.resolve()
-           for h in ours) and len(ours) == 2:
+           for h in ours) and len(ours) == 1 + console:
         logger.setLevel(level)
         return path
     for handler in ours:
@@ -46,8 +47,10 @@ def configure_logging(logs_dir: Path, *, level: int = logging.INFO) -> Path:
     formatter = logging.Formatter(FORMAT)
     file_handler = RotatingFileHandler(path, maxBytes=MAX_BYTES, backupCount=BACKUP_COUNT,
                                        encoding="utf-8")
-    console = ConsoleHandler()
-    for handler in (file_handler, console):
+    handlers: list[logging.Handler] = [file_handler]
+    if console:
+        handlers.append(ConsoleHandler())
+    for handler in handlers:
         handler.setFormatter(formatter)
         setattr(handler, _MARK, True)
         logger.addHandler(handler)

@@ -19,12 +19,16 @@ What a crash (kill -9) at each step leaves behind, and why that is safe:
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
+import os
 import secrets
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -33,7 +37,7 @@ import pandas as pd
 from backend.ml import data, specs, trainer
 from backend.ml.alerts import Alerts
 from backend.ml.backups import backup_production, prune_backups, rebuild_history
-from backend.ml.config import Settings
+from backend.ml.config import REPO_ROOT, Settings
 from backend.ml.fsio import LockTimeout, atomic_write_json, file_lock, lock_holder, read_json
 from backend.ml.history import History
 from backend.ml.results import summarize
@@ -81,7 +85,12 @@ class Services:
 
 
 class Runner:
-    def __init__(self, services: Services) -> None:
+    """Runs training. With `isolated=True` each run executes in a child process
+    (`python -m backend.ml train`), so a web server or the scheduler thread never shares
+    its interpreter (and GIL) with the heavy work: status answers stay fast."""
+
+    def __init__(self, services: Services, *, isolated: bool = False) -> None:
+        self.isolated = isolated
         self.services = services
         self.settings = services.settings
         self.lock_path = self.settings.LOGS_DIR / "training.lock"
@@ -124,6 +133,10 @@ class Runner:
         names = specs.parse_names(list(models) if models is not None and not isinstance(
             models, str) else models)
         run_id = run_id or new_run_id()
+        if self.isolated:
+            child = self._spawn(trigger, names, options or {}, actor, run_id)
+            out, err = child.communicate()
+            return self._child_summary(child.returncode, out, err)
         try:
             with file_lock(self.lock_path, timeout=0, purpose=f"run_id={run_id} {trigger}"):
                 if on_locked is not None:
@@ -141,8 +154,10 @@ class Runner:
         """
         if kwargs.get("trigger", "manual") not in TRIGGERS:
             raise ValueError(f"trigger must be one of {', '.join(TRIGGERS)}")
-        specs.parse_names(kwargs.get("models"))  # a bad name fails here, not in the thread
+        names = specs.parse_names(kwargs.get("models"))  # a bad name fails here
         run_id = kwargs.pop("run_id", None) or new_run_id()
+        if self.isolated:
+            return run_id, self._start_child(run_id, names, **kwargs)
         locked = threading.Event()
         refused: list[RunInProgressError] = []
 
@@ -229,6 +244,55 @@ class Runner:
                     summary["status"], summary["successful_models"], len(results),
                     ", ".join(summary["promoted"]) or "none")
         return summary
+
+    # ---- child processes --------------------------------------------------------------------
+
+    def _spawn(self, trigger: str, names: list[str], options: Mapping[str, trainer.TrainOptions],
+               actor: str, run_id: str) -> subprocess.Popen[str]:
+        command = [sys.executable, "-m", "backend.ml", "train", "--json", "--trigger", trigger,
+                   "--actor", actor, "--run-id", run_id, "--models", ",".join(names)]
+        if options:
+            command += ["--options", json.dumps({n: asdict(o) for n, o in options.items()})]
+        env = {**os.environ, **self.settings.as_environment(),
+               "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT),
+                                                           os.environ.get("PYTHONPATH")]))}
+        return subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+
+    @staticmethod
+    def _child_error(err: str) -> Exception:
+        line = (err.strip().splitlines() or ["training process failed"])[-1]
+        line = line.removeprefix("error: ")
+        if "is already running" in line:
+            return RunInProgressError(line.split("training run ")[-1].split()[0])
+        return RuntimeError(line)
+
+    def _child_summary(self, returncode: int, out: str, err: str) -> dict[str, Any]:
+        if returncode not in (0, 1):
+            raise self._child_error(err)
+        summary: dict[str, Any] = json.loads(out)
+        return summary
+
+    def _start_child(self, run_id: str, names: list[str], *, trigger: str = "manual",
+                     actor: str = "cli", options: Mapping[str, trainer.TrainOptions] | None
+                     = None, **_ignored: Any) -> threading.Thread:
+        """Spawn the run and return once it holds the lock (or raise why it could not)."""
+        child = self._spawn(trigger, names, options or {}, actor, run_id)
+        deadline = time.monotonic() + 120
+        while _holder_run_id(lock_holder(self.lock_path)) != run_id:
+            if child.poll() is not None:
+                out, err = child.communicate()
+                if child.returncode in (0, 1) or self.services.history.get_training(run_id):
+                    break  # it ran (and maybe failed, on record) before we looked
+                raise self._child_error(err)
+            if time.monotonic() > deadline:
+                child.kill()
+                raise RuntimeError(f"training process for {run_id} did not start in time")
+            time.sleep(0.02)
+        reaper = threading.Thread(target=child.communicate, name=f"training-{run_id}",
+                                  daemon=True)
+        reaper.start()
+        return reaper
 
     def _write_progress(self, progress: Mapping[str, Any]) -> None:
         with contextlib.suppress(OSError):  # progress is a courtesy, never a reason to fail

@@ -35,6 +35,7 @@ from backend.ml.fsio import LockTimeout, file_lock, lock_holder
 from backend.ml.runner import RunInProgressError, Runner
 
 logger = logging.getLogger(__name__)
+LEASE_FILE = "scheduler.lease"
 FULL_RUN_TRIGGERS = ("daily", "catch-up", "manual")
 
 
@@ -69,7 +70,7 @@ class TrainingScheduler:
         self.settings = runner.settings
         self.check = check
         self.tz = ZoneInfo(self.settings.TRAINING_TIMEZONE)
-        self.lease_path = self.settings.LOGS_DIR / "scheduler.lease"
+        self.lease_path = self.settings.LOGS_DIR / LEASE_FILE
         self.lease_retry_seconds = lease_retry_seconds
         self.max_sleep_seconds = max_sleep_seconds
         self.jobs = schedule.Scheduler()

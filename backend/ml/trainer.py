@@ -226,8 +226,10 @@ def _search(spec: ModelSpec, train: pd.DataFrame, options: TrainOptions) -> dict
     inner_train, inner_valid = time_split(train, data.time_column(spec.table))
     if len(inner_train) < 2 or len(inner_valid) < 2:
         return dict(options.params)
-    grid = [{}, *SEARCH_GRID] if spec.task != "anomaly" else [
-        {}, {"n_estimators": 400}, {"max_samples": 1024}]
+    # The defaults are left out on purpose: the search is a retry's third attempt, after a
+    # plain fit already failed, so it must end in a different model.
+    grid = list(SEARCH_GRID) if spec.task != "anomaly" else [
+        {"n_estimators": 400}, {"max_samples": 1024}]
     scored = []
     for point in grid:
         params = {**options.params, **point}

@@ -35,10 +35,10 @@ from backend.app.schemas import (
 from backend.ml.config import Settings
 from backend.ml.fsio import lock_holder
 from backend.ml.runner import RunInProgressError, new_run_id
+from backend.ml.scheduler import LEASE_FILE
 
 logger = logging.getLogger("backend.app")
 router = APIRouter(prefix="/ml/training", tags=["training"])
-LEASE_FILE = "scheduler.lease"
 
 
 def scheduler_view(scheduler: Scheduler | None, settings: Settings) -> dict[str, Any]:
