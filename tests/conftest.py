@@ -31,6 +31,24 @@ def thresholds_for(chosen: list[specs.ModelSpec]) -> dict[str, float]:
     return {s.name: specs.threshold_for(s, 0.70) for s in chosen}
 
 
+@pytest.fixture(scope="session", autouse=True)
+def isolated_state(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Point every default path at a session folder: no test (nor a CLI process a test
+    starts) may touch the repository's own database, models or logs."""
+    root = tmp_path_factory.mktemp("state")
+    saved = {k: os.environ.get(k) for k in ("DATABASE_URL", "MODELS_DIR", "LOGS_DIR")}
+    os.environ.update(DATABASE_URL=f"sqlite:///{root / 'absent.db'}",
+                      MODELS_DIR=str(root / "models"), LOGS_DIR=str(root / "logs"))
+    try:
+        yield root
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
 @pytest.fixture(scope="session")
 def small_db(tmp_path_factory: pytest.TempPathFactory) -> str:
     return make_database(tmp_path_factory.mktemp("db") / "logistics.db")
