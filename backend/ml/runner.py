@@ -85,9 +85,10 @@ class Services:
 
 
 class Runner:
-    """Runs training. With `isolated=True` each run executes in a child process
-    (`python -m backend.ml train`), so a web server or the scheduler thread never shares
-    its interpreter (and GIL) with the heavy work: status answers stay fast."""
+    """Runs training. With `isolated=True`, `run` executes in a child process
+    (`python -m backend.ml train`), as `start` always does, so a web server or the
+    scheduler thread never shares its interpreter (and GIL) with the heavy work: status
+    answers stay fast."""
 
     def __init__(self, services: Services, *, isolated: bool = False) -> None:
         self.isolated = isolated
@@ -121,12 +122,10 @@ class Runner:
     def run(self, *, trigger: str = "manual", models: str | Sequence[str] | None = None,
             options: Mapping[str, trainer.TrainOptions] | None = None, actor: str = "cli",
             run_id: str | None = None,
-            on_result: Callable[[trainer.TrainResult], None] | None = None,
-            on_locked: Callable[[], None] | None = None) -> dict[str, Any]:
+            on_result: Callable[[trainer.TrainResult], None] | None = None) -> dict[str, Any]:
         """Train, gate and record; the guide's result shape plus `run_id` and decisions.
 
         Raises RunInProgressError when another run holds the lock (nothing is written).
-        `on_locked` is called once this run holds the lock, before any work.
         """
         if trigger not in TRIGGERS:
             raise ValueError(f"trigger must be one of {', '.join(TRIGGERS)}")
@@ -139,45 +138,22 @@ class Runner:
             return self._child_summary(child.returncode, out, err)
         try:
             with file_lock(self.lock_path, timeout=0, purpose=f"run_id={run_id} {trigger}"):
-                if on_locked is not None:
-                    on_locked()
                 return self._run_locked(run_id, trigger, names, options or {}, actor,
                                         on_result)
         except LockTimeout as exc:
             raise RunInProgressError(_holder_run_id(exc.holder)) from None
 
     def start(self, **kwargs: Any) -> tuple[str, threading.Thread]:
-        """Begin a run in a background thread once it holds the lock; its id and thread.
+        """Begin a run in a child process; its id and the thread that reaps the child.
 
-        Raises RunInProgressError at once (no thread left behind) when another run holds
-        the lock, so an HTTP trigger can answer 409 or 202 truthfully.
+        Returns once the child holds the lock (so an HTTP trigger can answer 202 truthfully)
+        and raises RunInProgressError at once when another run holds it.
         """
         if kwargs.get("trigger", "manual") not in TRIGGERS:
             raise ValueError(f"trigger must be one of {', '.join(TRIGGERS)}")
-        names = specs.parse_names(kwargs.get("models"))  # a bad name fails here
+        names = specs.parse_names(kwargs.pop("models", None))  # a bad name fails here
         run_id = kwargs.pop("run_id", None) or new_run_id()
-        if self.isolated:
-            return run_id, self._start_child(run_id, names, **kwargs)
-        locked = threading.Event()
-        refused: list[RunInProgressError] = []
-
-        def target() -> None:
-            try:
-                self.run(run_id=run_id, on_locked=locked.set, **kwargs)
-            except RunInProgressError as exc:
-                refused.append(exc)
-                locked.set()
-            except Exception:  # recorded in the history and alerted by run(); keep the log
-                logger.exception("background training run %s failed", run_id)
-                locked.set()
-
-        thread = threading.Thread(target=target, name=f"training-{run_id}", daemon=True)
-        thread.start()
-        locked.wait()
-        if refused:
-            thread.join()
-            raise refused[0]
-        return run_id, thread
+        return run_id, self._start_child(run_id, names, **kwargs)
 
     def _run_locked(self, run_id: str, trigger: str, names: list[str],
                     options: Mapping[str, trainer.TrainOptions], actor: str,
