@@ -59,5 +59,7 @@ class Alerts:
 
     def callback(self, model: str | None = None) -> Callable[[str, str, str], None]:
         """A `(level, kind, message)` function for code that reports without knowing us."""
-        return lambda level, kind, message: None if self.notify(
-            level, kind, message, model=model) is None else None
+        def report(level: str, kind: str, message: str) -> None:
+            self.notify(level, kind, message, model=model)
+
+        return report

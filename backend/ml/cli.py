@@ -198,6 +198,30 @@ def cmd_history(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_check(args: argparse.Namespace, settings: Settings) -> int:
+    """One check now, as the scheduler runs it every PERFORMANCE_CHECK_INTERVAL seconds
+    (degraded models are retrained)."""
+    from backend.ml.logsetup import configure_logging
+    from backend.ml.monitor import Monitor
+
+    configure_logging(settings.LOGS_DIR, console=False)
+    entry = Monitor(Runner(Services.from_settings(settings))).run_check()
+    if args.json:
+        print(json.dumps(entry, indent=2, default=str))
+        return 0
+    print(f"{entry['check_id']} at {entry['timestamp']}")
+    for name, result in entry["models"].items():
+        live = result.get("live_score")
+        drift = result.get("drift", {}).get("top_features") or []
+        retrain = result.get("retrain", {})
+        outcome = ("" if not retrain else " retrained: recovered" if retrain.get("recovered")
+                   else f" retrain: {retrain.get('skipped') or 'not recovered'}")
+        score = "" if live is None else f"live {live:.3f} / {result['threshold']:.2f}"
+        drifted = "  drift: " + ", ".join(f for f, _ in drift) if drift else ""
+        print(f"  {name:<25}{result['verdict']:<26}{score}{drifted}{outcome}")
+    return 0
+
+
 def cmd_scheduler(args: argparse.Namespace, settings: Settings) -> int:
     """The scheduler without the web server, until SIGINT or SIGTERM."""
     import signal
@@ -281,6 +305,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=20)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_history)
+
+    p = sub.add_parser("check", help="check every model on fresh data now; retrain the "
+                                     "degraded")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_check)
 
     p = sub.add_parser("scheduler", help="run the scheduler headless (no web server)")
     p.set_defaults(func=cmd_scheduler)

@@ -11,9 +11,11 @@ Verdicts, with hysteresis so a model hovering at its threshold does not flap:
   degraded  below threshold by more than the margin, or below it twice in a row
 A degraded model is retrained through the runner (trigger "retrain"), each attempt trying
 something different: 1 all data including the fresh rows, 2 recency weights, 3 a small
-hyper-parameter search; with backoff between attempts. After the last failed attempt:
-one alert, the best version keeps serving (the promotion gate guarantees it), and the
-model cools down until new data arrives or the next daily run passes.
+hyper-parameter search; with backoff between attempts. Each holds out only the newest half
+of the fresh rows (the gate compares with production there), so it learns from the rest.
+After the last failed attempt: one alert, the best version keeps serving (the promotion
+gate guarantees it), and the model cools down until new data arrives or the next daily
+run passes.
 
 A/B: the newest candidate newer than production is scored on the same fresh rows; one
 that beats production on `ab_wins` consecutive checks is promoted ("ab_promote").
@@ -25,6 +27,7 @@ import logging
 import secrets
 import threading
 from collections.abc import Mapping
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -95,6 +98,7 @@ class Monitor:
         self.ab_wins = ab_wins
         self._stop = stop or threading.Event()
         self.state_path = self.settings.LOGS_DIR / "monitor_state.json"
+        self._fresh_midpoint: dict[str, str] = {}  # per check: where a retrain's holdout starts
 
     # ---- state ------------------------------------------------------------------------------
 
@@ -131,7 +135,8 @@ class Monitor:
             if verdict["verdict"] == "degraded":
                 degraded.append(name)
         for name in degraded:
-            entry["models"][name]["retrain"] = self._retrain(name, state[name], tables)
+            entry["models"][name]["retrain"] = self._retrain(
+                name, state[name], tables, self._fresh_midpoint[name])
         self._save_state(state)
         self.services.history.append_check(entry)
         summary = {v: sum(m["verdict"] == v for m in entry["models"].values())
@@ -168,6 +173,7 @@ class Monitor:
             result["verdict"] = "insufficient_fresh_data"
             result["needed"] = fresh_minimum(spec)
             return result
+        self._fresh_midpoint[name] = fresh[tcol].iloc[len(fresh) // 2].isoformat()
         live = round(trainer.evaluate(spec, estimator, fresh), 6)
         result["live_score"] = live
         result["drift"] = drift_report(spec, meta.get("feature_stats", {}), fresh)
@@ -217,7 +223,7 @@ class Monitor:
     # ---- retraining -------------------------------------------------------------------------
 
     def _retrain(self, name: str, model_state: dict[str, Any],
-                 tables: Mapping[str, pd.DataFrame]) -> dict[str, Any]:
+                 tables: Mapping[str, pd.DataFrame], holdout_since: str) -> dict[str, Any]:
         spec = specs.get_spec(name)
         newest = str(tables[spec.table][data.time_column(spec.table)].max())
         cooldown = model_state.get("cooldown")
@@ -228,7 +234,7 @@ class Monitor:
         limit = min(self.settings.MAX_RETRAIN_ATTEMPTS, len(RETRY_STRATEGIES))
         attempts = []
         for k in range(1, limit + 1):
-            options = RETRY_STRATEGIES[k - 1]
+            options = replace(RETRY_STRATEGIES[k - 1], holdout_since=holdout_since)
             summary = self.runner.run(trigger="retrain", models=[name], actor="scheduler",
                                       options={name: options})
             detail = summary["model_details"][f"{spec.group}_models"][name]

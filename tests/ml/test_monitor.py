@@ -48,6 +48,23 @@ def test_monsoon_drift_is_caught_retrained_recovered_and_promoted(tmp_path: Path
 
 
 @pytest.mark.slow
+def test_a_short_drift_is_recovered_by_learning_from_half_the_fresh_rows(
+        tmp_path: Path) -> None:
+    """Ten days of a fuel shock are under 20% of the data: with the default split every
+    fresh row would sit in the holdout and the retrain could not learn from any."""
+    url, runner, monitor = setup(tmp_path)
+    runner.run(models=["cost_prediction"])
+    datagen.simulate(data.writable_engine(url), days=10, scenario="fuel_price_shock")
+    checked = monitor.run_check()["models"]["cost_prediction"]
+    assert checked["verdict"] == "degraded", checked
+    assert checked["retrain"]["recovered"] is True, checked
+    promoted = runner.services.store.production_meta("cost_prediction")
+    fresh_start = pd.Timestamp(runner.services.store.metadata("cost_prediction", "v0001")
+                               ["data_end"])
+    assert pd.Timestamp(promoted["holdout_start"]) > fresh_start  # trained on fresh rows too
+
+
+@pytest.mark.slow
 def test_a_model_that_cannot_recover_tries_three_ways_alerts_once_and_cools_down(
         tmp_path: Path) -> None:
     url, runner, monitor = setup(tmp_path)
