@@ -15,8 +15,6 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy.engine import make_url
-
 from backend.ml import data, datagen, specs
 from backend.ml.config import Settings, get_settings
 from backend.ml.fsio import LockTimeout
@@ -30,13 +28,6 @@ EXIT_USAGE = 2
 
 class CommandError(Exception):
     """A problem the user can fix; printed as one line, exit code 2."""
-
-
-def _sqlite_file(url: str) -> Path | None:
-    parsed = make_url(url)
-    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
-        return Path(parsed.database)
-    return None
 
 
 def _progress_printer(total: int, *, stream: Any = sys.stderr) -> Callable[[Any], None]:
@@ -60,7 +51,7 @@ def _progress_printer(total: int, *, stream: Any = sys.stderr) -> Callable[[Any]
 
 
 def cmd_init_db(args: argparse.Namespace, settings: Settings) -> int:
-    path = _sqlite_file(settings.DATABASE_URL)
+    path = data.sqlite_path(settings.DATABASE_URL)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
     engine = data.writable_engine(settings.DATABASE_URL)

@@ -209,13 +209,20 @@ def readonly_engine(url: str) -> Engine:
     return sa.create_engine(url)
 
 
-def open_readonly(url: str) -> Engine:
-    """A read-only engine; a missing SQLite file is named instead of silently created."""
+def sqlite_path(url: str) -> Path | None:
+    """The file of a SQLite URL; None for other databases and in-memory SQLite."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
-        if not Path(parsed.database).exists():
-            raise DataError(f"database file {parsed.database} does not exist; create it with "
-                            "`python -m backend.ml init-db`")
+        return Path(parsed.database)
+    return None
+
+
+def open_readonly(url: str) -> Engine:
+    """A read-only engine; a missing SQLite file is named instead of silently created."""
+    path = sqlite_path(url)
+    if path is not None and not path.exists():
+        raise DataError(f"database file {path} does not exist; create it with "
+                        "`python -m backend.ml init-db`")
     return readonly_engine(url)
 
 
