@@ -111,10 +111,11 @@ def input_columns(spec: ModelSpec) -> list[str]:
 
 def labelled_frame(spec: ModelSpec, table: pd.DataFrame) -> tuple[pd.DataFrame, int]:
     """Prepared rows with a known target, in time order, and how many had none."""
-    missing = [c for c in input_columns(spec) if c not in table.columns]
+    columns = input_columns(spec)
+    missing = [c for c in columns if c not in table.columns]
     if missing:
         raise TrainingError(f"table {spec.table!r} lacks column(s) {', '.join(missing)}")
-    frame = spec.frame(table[input_columns(spec)])
+    frame = spec.frame(table[columns])
     absent = [c for c in (*spec.features, spec.target) if c not in frame.columns]
     if absent:
         raise TrainingError(f"prepared data lacks column(s) {', '.join(absent)}")
