@@ -4,6 +4,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 HOST ?= 127.0.0.1
 PORT ?= 8000
+# The dashboard tests drive Debian's chromium (Playwright never downloads a browser).
+CHROMIUM ?= /usr/bin/chromium
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: run test install install-dev lint bench
 
@@ -25,7 +28,11 @@ run: install
 	$(PY) -m backend.ml init-db --if-missing
 	$(PY) -m uvicorn backend.app.main:app --host $(HOST) --port $(PORT)
 
-test: install-dev
+$(CHROMIUM):
+	$(SUDO) apt-get install -y --no-install-recommends chromium || \
+	  { $(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends chromium; }
+
+test: install-dev $(CHROMIUM)
 	$(PY) -m pytest
 
 lint: install-dev

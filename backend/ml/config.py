@@ -62,6 +62,21 @@ class Settings(BaseSettings):
     TRAINING_N_JOBS: int = Field(-1, ge=-1)
     DASK_SCHEDULER_ADDRESS: str | None = None
     ML_API_KEY: str | None = None
+    # Where people reach the dashboard; alerts link to it.
+    DASHBOARD_URL: str = "http://127.0.0.1:8000/"
+    # Alert delivery. No SMTP_HOST / ALERT_WEBHOOK_URL: alerts go to the log and history only.
+    ALERT_COOLDOWN_SECONDS: int = Field(3600, ge=0)
+    ALERT_DELIVERY_ATTEMPTS: int = Field(3, ge=1, le=10)
+    SMTP_HOST: str | None = None
+    SMTP_PORT: int = Field(587, ge=1, le=65535)
+    SMTP_USER: str | None = None
+    SMTP_PASSWORD: str | None = None
+    SMTP_STARTTLS: bool = True
+    ALERT_EMAIL_FROM: str = "ml-scheduler@localhost"
+    ALERT_EMAIL_TO: str = ""  # comma-separated addresses
+    ALERT_WEBHOOK_URL: str | None = None
+    # A run longer than this raises a training_slow alert.
+    TRAINING_SLOW_SECONDS: int = Field(1800, ge=1)
 
     @field_validator("DATABASE_URL")
     @classmethod
@@ -130,6 +145,9 @@ class Settings(BaseSettings):
             else:
                 env[name] = str(value)
         return env
+
+    def alert_recipients(self) -> list[str]:
+        return [a.strip() for a in self.ALERT_EMAIL_TO.split(",") if a.strip()]
 
     def threshold_overrides(self) -> dict[str, float]:
         return {name: float(value) for name, value in self.MODEL_THRESHOLDS.items()}
