@@ -29,6 +29,7 @@ import threading
 from collections.abc import Mapping
 from dataclasses import replace
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -48,6 +49,16 @@ RETRY_STRATEGIES = (
     trainer.TrainOptions("search"),
 )
 PSI_ALERT = 0.25
+STATE_FILE = "monitor_state.json"  # per model: last verdict, cooldown, A/B wins
+
+
+def read_state(logs_dir: Path) -> dict[str, Any]:
+    """The monitor's per-model state (`{name: {"verdict", "cooldown", "ab"}}`); {} if none."""
+    try:
+        state: dict[str, Any] = read_json(logs_dir / STATE_FILE)
+    except (OSError, ValueError):
+        return {}
+    return state if isinstance(state, dict) else {}
 
 
 def fresh_minimum(spec: specs.ModelSpec) -> int:
@@ -97,17 +108,13 @@ class Monitor:
         self.backoff_seconds = backoff_seconds
         self.ab_wins = ab_wins
         self._stop = stop or threading.Event()
-        self.state_path = self.settings.LOGS_DIR / "monitor_state.json"
+        self.state_path = self.settings.LOGS_DIR / STATE_FILE
         self._fresh_midpoint: dict[str, str] = {}  # per check: where a retrain's holdout starts
 
     # ---- state ------------------------------------------------------------------------------
 
     def _load_state(self) -> dict[str, Any]:
-        try:
-            state: dict[str, Any] = read_json(self.state_path)
-            return state
-        except (OSError, ValueError):
-            return {}
+        return read_state(self.settings.LOGS_DIR)
 
     def _save_state(self, state: Mapping[str, Any]) -> None:
         atomic_write_json(self.state_path, dict(state))
