@@ -76,7 +76,7 @@ class Settings(BaseSettings):
     ALERT_EMAIL_TO: str = ""  # comma-separated addresses
     ALERT_WEBHOOK_URL: str | None = None
     # A run longer than this raises a training_slow alert.
-    TRAINING_SLOW_SECONDS: int = Field(1800, ge=1)
+    TRAINING_SLOW_SECONDS: float = Field(1800.0, gt=0)
 
     @field_validator("DATABASE_URL")
     @classmethod

@@ -49,6 +49,11 @@ RETRY_STRATEGIES = (
     trainer.TrainOptions("search"),
 )
 PSI_ALERT = 0.25
+# A live score falling by TREND_DROP over the last TREND_CHECKS checks (fitted line) is
+# a performance_degradation warning, even while it is still above its threshold.
+TREND_CHECKS = 6
+TREND_MIN_CHECKS = 4
+TREND_DROP = 0.03
 STATE_FILE = "monitor_state.json"  # per model: last verdict, cooldown, A/B wins
 
 
@@ -59,6 +64,15 @@ def read_state(logs_dir: Path) -> dict[str, Any]:
     except (OSError, ValueError):
         return {}
     return state if isinstance(state, dict) else {}
+
+
+def declining_by(scores: list[float]) -> float:
+    """How much a least-squares line through the scores falls from first to last (0 unless
+    there are at least TREND_MIN_CHECKS and the line goes down)."""
+    if len(scores) < TREND_MIN_CHECKS:
+        return 0.0
+    slope = float(np.polyfit(np.arange(len(scores)), np.asarray(scores, dtype=float), 1)[0])
+    return max(0.0, -slope * (len(scores) - 1))
 
 
 def fresh_minimum(spec: specs.ModelSpec) -> int:
@@ -139,11 +153,12 @@ class Monitor:
                 continue
             verdict = self._check_model(name, serving, tables, model_state)
             entry["models"][name] = verdict
+            self.early_warnings(name, verdict, model_state)
             if verdict["verdict"] == "degraded":
                 degraded.append(name)
         for name in degraded:
             entry["models"][name]["retrain"] = self._retrain(
-                name, state[name], tables, self._fresh_midpoint[name])
+                name, state[name], tables, self._fresh_midpoint[name], entry["models"][name])
         self._save_state(state)
         self.services.history.append_check(entry)
         summary = {v: sum(m["verdict"] == v for m in entry["models"].values())
@@ -200,6 +215,33 @@ class Monitor:
         self._ab_test(name, spec, fresh, live, model_state, result)
         return result
 
+    def early_warnings(self, name: str, result: Mapping[str, Any],
+                        model_state: dict[str, Any]) -> None:
+        """Alerts before a model fails: drifting inputs, and live scores sliding check after
+        check (each a warning, once per cooldown)."""
+        if "live_score" not in result:
+            return
+        alerts, threshold = self.services.alerts, result["threshold"]
+        drift = result.get("drift") or {}
+        if drift.get("max_psi", 0.0) >= PSI_ALERT:
+            features = ", ".join(f"{f} {v:.2f}" for f, v in drift.get("top_features", []))
+            alerts.notify("warning", "drift_detected",
+                          f"{name}'s inputs have shifted (PSI {drift['max_psi']:.2f} >= "
+                          f"{PSI_ALERT}; {features})", model=name, version=result["version"],
+                          max_psi=drift["max_psi"], top_features=drift.get("top_features"),
+                          live_score=result["live_score"], threshold=threshold)
+        trend = model_state.get("trend", {})
+        scores = trend.get("scores", []) if trend.get("version") == result["version"] else []
+        scores = [*scores, result["live_score"]][-TREND_CHECKS:]
+        model_state["trend"] = {"version": result["version"], "scores": scores}
+        drop = declining_by(scores)
+        if drop >= TREND_DROP:
+            alerts.notify("warning", "performance_degradation",
+                          f"{name}'s live score has been falling for {len(scores)} checks "
+                          f"(fitted drop {drop:.3f}, now {scores[-1]:.4f}, threshold "
+                          f"{threshold:.2f})", model=name, version=result["version"],
+                          live_score=scores[-1], threshold=threshold, scores=scores)
+
     def _ab_test(self, name: str, spec: specs.ModelSpec, fresh: pd.DataFrame, live: float,
                  model_state: dict[str, Any], result: dict[str, Any]) -> None:
         store = self.services.store
@@ -230,7 +272,9 @@ class Monitor:
     # ---- retraining -------------------------------------------------------------------------
 
     def _retrain(self, name: str, model_state: dict[str, Any],
-                 tables: Mapping[str, pd.DataFrame], holdout_since: str) -> dict[str, Any]:
+                 tables: Mapping[str, pd.DataFrame], holdout_since: str,
+                 checked: Mapping[str, Any]) -> dict[str, Any]:
+        """Up to MAX_RETRAIN_ATTEMPTS different fits; `checked` is the check's verdict."""
         spec = specs.get_spec(name)
         newest = str(tables[spec.table][data.time_column(spec.table)].max())
         cooldown = model_state.get("cooldown")
@@ -258,11 +302,14 @@ class Monitor:
         until = next_daily_time(datetime.now(UTC), self.settings.DAILY_TRAINING_TIME,
                                 ZoneInfo(self.settings.TRAINING_TIMEZONE))
         model_state["cooldown"] = {"newest_data": newest, "until": until.isoformat()}
+        scores = [a["score"] for a in attempts if a.get("score") is not None]
         self.services.alerts.notify(
-            "critical", "retrain_exhausted",
+            "critical", "accuracy_below_threshold",
             f"{len(attempts)} retraining attempts did not bring {name} back above its "
             f"threshold; the best version keeps serving; cooling down until new data or "
-            f"{until.isoformat()}", model=name, attempts=attempts)
+            f"{until.isoformat()}", model=name, attempts=attempts,
+            score=max(scores, default=None), live_score=checked["live_score"],
+            threshold=checked["threshold"])
         return {"recovered": False, "attempts": attempts, "cooldown_until": until.isoformat()}
 
 

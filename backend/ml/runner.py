@@ -211,15 +211,30 @@ class Runner:
                        promoted=sorted(n for n, d in decisions.items() if d["promoted"]))
         history.update_training(run_id, **{k: v for k, v in summary.items()
                                            if k not in ("run_id", "timestamp", "trigger")})
-        for result in results:
-            if not result.ok:
-                self.services.alerts.notify("error", "model_failed", result.error or "",
-                                            model=result.name, run_id=run_id)
+        self._alert_outcome(run_id, results, summary)
         self.progress_path.unlink(missing_ok=True)
         logger.info("training run %s finished: %s, %d/%d trained, promoted %s", run_id,
                     summary["status"], summary["successful_models"], len(results),
                     ", ".join(summary["promoted"]) or "none")
         return summary
+
+    def _alert_outcome(self, run_id: str, results: Sequence[trainer.TrainResult],
+                       summary: Mapping[str, Any]) -> None:
+        """One alert per model whose fit failed, and one when the run took too long."""
+        alerts = self.services.alerts
+        for result in results:
+            if not result.ok:
+                alerts.notify("error", "training_failed",
+                              f"{result.name} could not be trained in run {run_id}: "
+                              f"{result.error}", model=result.name, run_id=run_id,
+                              error=result.error, threshold=result.threshold)
+        duration = float(summary.get("duration_seconds") or 0.0)
+        limit = self.settings.TRAINING_SLOW_SECONDS
+        if duration > limit:
+            alerts.notify("warning", "training_slow",
+                          f"run {run_id} took {duration:.0f} s, over TRAINING_SLOW_SECONDS "
+                          f"({limit:g} s)", run_id=run_id, duration_seconds=round(duration, 1),
+                          limit_seconds=limit)
 
     # ---- child processes --------------------------------------------------------------------
 
@@ -300,8 +315,12 @@ class Runner:
             if promote:
                 winners[result.name] = (meta["version"], reason)
                 if production_score is None and not result.passed:
-                    alerts.notify("warning", "first_version_below_threshold", reason,
-                                  model=result.name, run_id=run_id)
+                    alerts.notify("warning", "accuracy_below_threshold",
+                                  f"{result.name}'s first version scored {result.score:.4f}, "
+                                  f"under its threshold {result.threshold:.2f}; it serves "
+                                  "because there is nothing better", model=result.name,
+                                  run_id=run_id, score=result.score,
+                                  threshold=result.threshold, attempts=1)
             else:
                 store.reject(result.name, meta["version"])
         replaced = [n for n in winners if store.aliases(n)["production"] is not None]

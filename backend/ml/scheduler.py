@@ -223,12 +223,20 @@ class TrainingScheduler:
         missed_since = previous_daily_time(datetime.now(UTC), self.settings.DAILY_TRAINING_TIME,
                                            self.tz)
         full = len(specs.SPECS)
-        for record in self.runner.services.history.trainings(limit=50):
+        recent = self.runner.services.history.trainings(limit=50)
+        for record in recent:
             stamp = record.get("timestamp")
             if (record.get("trigger") in FULL_RUN_TRIGGERS and record.get("models_trained") == full
                     and record.get("status") in ("success", "partial") and stamp
                     and datetime.fromisoformat(stamp).astimezone(UTC) >= missed_since):
                 return False
         logger.info("no full training since %s: catch-up run now", missed_since.isoformat())
+        if recent:  # a first start has nothing to miss; a service that trained before does
+            with contextlib.suppress(Exception):
+                self.runner.services.alerts.notify(
+                    "warning", "missed_run",
+                    f"the daily run due {missed_since.isoformat()} did not happen (service "
+                    f"down or the run failed); catching up now",
+                    missed_since=missed_since.isoformat())
         self._run_job("catch-up")
         return True

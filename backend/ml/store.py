@@ -225,7 +225,7 @@ class ModelStore:
                   else "no version verifies: nothing is served")
         logger.error("%s; %s", problem, served)
         if on_alert is not None:
-            on_alert("critical", "model_integrity", f"{problem}; {served}")
+            on_alert("critical", "checksum_mismatch", f"{problem}; {served}")
         return found
 
     def _registry(self) -> dict[str, Any]:

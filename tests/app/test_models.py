@@ -260,5 +260,5 @@ def test_a_tampered_production_file_is_not_served_and_is_alerted(
     assert (data_["version"], data_["served_as"]) == ("v0001", "previous")
     ok(client.post(f"/ml/models/{ROLLBACK}/predict", json=body))  # cached: one alert only
     alerts = ok(client.get("/ml/alerts"))["alerts"]
-    assert [(a["kind"], a["model"]) for a in alerts] == [("model_integrity", ROLLBACK)]
+    assert [(a["kind"], a["model"]) for a in alerts] == [("checksum_mismatch", ROLLBACK)]
     error(client.post(f"/ml/models/{ROLLBACK}/predict", json={**body, "version": "v0002"}), 409)

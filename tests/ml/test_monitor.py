@@ -10,7 +10,7 @@ import pytest
 
 from backend.ml import data, datagen, specs, trainer
 from backend.ml.config import Settings
-from backend.ml.monitor import Monitor, drift_report, psi
+from backend.ml.monitor import Monitor, declining_by, drift_report, psi
 from backend.ml.runner import Runner, Services
 from tests.conftest import make_database
 
@@ -36,6 +36,9 @@ def test_monsoon_drift_is_caught_retrained_recovered_and_promoted(tmp_path: Path
     checked = entry["models"]["delay_prediction"]
     assert checked["verdict"] == "degraded" and checked["live_score"] < checked["threshold"]
     assert "rainfall_mm" in [f for f, _ in checked["drift"]["top_features"]]
+    drift = [a for a in runner.services.history.alerts() if a["kind"] == "drift_detected"]
+    assert [a["model"] for a in drift] == ["delay_prediction"], drift
+    assert drift[0]["max_psi"] >= 0.25 and drift[0]["top_features"]
     retrain = checked["retrain"]
     assert retrain["recovered"] is True, retrain
     assert retrain["attempts"][0]["strategy"] == "full" and retrain["attempts"][0]["promoted"]
@@ -85,8 +88,10 @@ def test_a_model_that_cannot_recover_tries_three_ways_alerts_once_and_cools_down
             if v["run_id"] in {a["run_id"] for a in attempts}]
     assert sorted(v["strategy"] for v in fits) == ["full", "recency_weighted", "search"]
     assert len({v["sha256"] for v in fits}) == 3  # three different fits, not one thrice
-    alerts = [a for a in runner.services.history.alerts() if a["kind"] == "retrain_exhausted"]
+    alerts = [a for a in runner.services.history.alerts()
+              if a["kind"] == "accuracy_below_threshold"]
     assert len(alerts) == 1 and alerts[0]["model"] == "scenario_analysis", alerts
+    assert alerts[0]["threshold"] > alerts[0]["live_score"] and len(alerts[0]["attempts"]) == 3
     assert runner.services.store.aliases("scenario_analysis")["production"] == "v0001"
 
     second = monitor.run_check()["models"]["scenario_analysis"]
@@ -138,3 +143,26 @@ def test_psi_is_zero_for_the_same_distribution_and_large_for_a_shift(small_table
     shifted = labelled.copy()
     shifted["rainfall_mm"] = shifted["rainfall_mm"] + 150
     assert psi(reference["rainfall_mm"], shifted["rainfall_mm"]) > 1.0
+
+
+def test_a_steady_slide_in_live_score_is_a_performance_degradation_warning(
+        tmp_path: Path) -> None:
+    settings = Settings(MODELS_DIR=tmp_path / "m", LOGS_DIR=tmp_path / "l")
+    monitor = Monitor(Runner(Services.from_settings(settings)))
+    state: dict[str, object] = {}
+    for live in (0.90, 0.89, 0.91, 0.90, 0.905):  # noise, no trend
+        monitor.early_warnings("delay_prediction", {"version": "v0001", "live_score": live,
+                                                    "threshold": 0.7}, state)
+    for live in (0.88, 0.86, 0.84, 0.82):  # a slide, still above the threshold
+        monitor.early_warnings("delay_prediction", {"version": "v0001", "live_score": live,
+                                                    "threshold": 0.7}, state)
+    alerts = monitor.services.history.alerts()
+    assert [(a["kind"], a["model"]) for a in alerts] == [
+        ("performance_degradation", "delay_prediction")], alerts  # once: then cooling down
+    assert alerts[0]["live_score"] <= 0.88 and alerts[0]["threshold"] == 0.7
+
+
+def test_declining_by_needs_enough_checks_and_a_downward_line() -> None:
+    assert declining_by([0.9, 0.8, 0.7]) == 0.0  # too few to call a trend
+    assert declining_by([0.7, 0.75, 0.8, 0.85]) == 0.0
+    assert declining_by([0.9, 0.87, 0.84, 0.81]) == pytest.approx(0.09)

@@ -114,7 +114,7 @@ def test_tampered_production_is_refused_previous_serves_and_an_alert_is_recorded
     assert served is not None and served[1]["served_as"] == "previous"
     assert served[1]["version"] != production
     alerts = services.history.alerts(limit=10)
-    assert any(a["kind"] == "model_integrity" and a["model"] == "decision_support"
+    assert any(a["kind"] == "checksum_mismatch" and a["model"] == "decision_support"
                for a in alerts)
 
 
@@ -257,3 +257,12 @@ def test_dead_runs_show_as_interrupted(small_db: str, tmp_path: Path) -> None:
     assert Runner(Services.from_settings(settings)).recover_interrupted() == ["run-dead"]
     assert history.get_training("run-dead")["status"] == "interrupted"
 
+
+
+def test_a_run_over_the_slow_limit_is_alerted(small_db: str, tmp_path: Path) -> None:
+    settings = settings_for(tmp_path, small_db, TRAINING_SLOW_SECONDS=0.001)
+    runner = Runner(Services.from_settings(settings))
+    summary = runner.run(models=["scenario_analysis"])
+    slow = [a for a in runner.services.history.alerts() if a["kind"] == "training_slow"]
+    assert len(slow) == 1 and slow[0]["run_id"] == summary["run_id"], slow
+    assert slow[0]["duration_seconds"] > slow[0]["limit_seconds"]

@@ -148,6 +148,8 @@ def test_a_missed_0200_runs_once_at_start(tmp_path: Path) -> None:
                              "status": "success", "models_trained": 17})
     assert scheduler.catch_up() is True
     assert runner.calls == ["catch-up"]
+    missed = [a for a in history.alerts() if a["kind"] == "missed_run"]
+    assert len(missed) == 1 and "catching up" in missed[0]["message"], missed
     history.append_training({"run_id": "run-now", "timestamp": datetime.now(UTC).isoformat(),
                              "trigger": "catch-up", "status": "success", "models_trained": 17})
     assert scheduler.catch_up() is False
@@ -188,3 +190,10 @@ def _wait(condition: Any, seconds: float = 10.0) -> None:
     while not condition():
         assert datetime.now(UTC) < deadline, "condition not reached in time"
         threading.Event().wait(0.05)
+
+
+def test_a_first_start_catches_up_without_a_missed_run_alert(tmp_path: Path) -> None:
+    scheduler, runner, _ = make(tmp_path)
+    assert scheduler.catch_up() is True
+    assert runner.calls == ["catch-up"]
+    assert runner.services.history.alerts() == []
