@@ -15,8 +15,10 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from backend.ml import data, datagen, specs
-from backend.ml.config import Settings, get_settings
+from backend.ml.config import Settings, describe_invalid, get_settings
 from backend.ml.fsio import LockTimeout
 from backend.ml.history import HistoryWriteError
 from backend.ml.runner import RunInProgressError, Runner, Services
@@ -213,6 +215,28 @@ def cmd_check(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_alerts_test(args: argparse.Namespace, settings: Settings) -> int:
+    """A test alert through every configured channel, past the cooldown; one line each."""
+    services = Services.from_settings(settings)
+    if not services.alerts.channels:
+        print("no alert channel is configured (set SMTP_HOST and ALERT_EMAIL_TO, or "
+              "ALERT_WEBHOOK_URL)")
+        return EXIT_FAILED_RUN
+    try:  # retries are logged as warnings: to the service's log, not over our lines
+        from backend.ml.logsetup import configure_logging
+
+        configure_logging(settings.LOGS_DIR, console=False)
+    except OSError as exc:
+        print(f"warning: not logging to {settings.LOGS_DIR}: {exc}", file=sys.stderr)
+    delivery = services.alerts.send(
+        "info", "test", "This is a test alert from the ML training scheduler "
+        "(python -m backend.ml alerts test); if you can read it, delivery works.")
+    delivery.wait()
+    for outcome in delivery.outcomes:
+        print(outcome.line())
+    return 0 if delivery.ok else EXIT_FAILED_RUN
+
+
 def cmd_scheduler(args: argparse.Namespace, settings: Settings) -> int:
     """The scheduler without the web server, until SIGINT or SIGTERM."""
     import signal
@@ -302,6 +326,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_check)
 
+    p = sub.add_parser("alerts", help="alert delivery")
+    alerts = p.add_subparsers(dest="alerts_command", required=True)
+    p = alerts.add_parser("test", help="send a test alert through every configured channel "
+                                       "and report each one's outcome")
+    p.set_defaults(func=cmd_alerts_test)
+
     p = sub.add_parser("scheduler", help="run the scheduler headless (no web server)")
     p.set_defaults(func=cmd_scheduler)
 
@@ -319,6 +349,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         settings = get_settings()
+    except ValidationError as exc:
+        print(f"error: {describe_invalid(exc)}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
         result: int = args.func(args, settings)
         return result
     except (CommandError, specs.UnknownModelError, data.DataError, ValueError,

@@ -11,10 +11,11 @@ from __future__ import annotations
 import json
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -73,7 +74,7 @@ class Settings(BaseSettings):
     SMTP_PASSWORD: str | None = None
     SMTP_STARTTLS: bool = True
     ALERT_EMAIL_FROM: str = "ml-scheduler@localhost"
-    ALERT_EMAIL_TO: str = ""  # comma-separated addresses
+    ALERT_EMAIL_TO: str = Field("", validate_default=True)  # comma-separated addresses
     ALERT_WEBHOOK_URL: str | None = None
     # A run longer than this raises a training_slow alert.
     TRAINING_SLOW_SECONDS: float = Field(1800.0, gt=0)
@@ -121,6 +122,36 @@ class Settings(BaseSettings):
     def _paths(cls, value: Path | None) -> Path | None:
         return None if value is None else resolve_path(value)
 
+    @field_validator("SMTP_HOST", "ALERT_WEBHOOK_URL", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, value: object) -> object:
+        # `ALERT_WEBHOOK_URL=` in an env file means "no webhook", not a bad URL.
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("DASHBOARD_URL", "ALERT_WEBHOOK_URL")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not (urlsplit(value).scheme in ("http", "https")
+                                      and urlsplit(value).hostname):
+            raise ValueError("must be an http:// or https:// URL")
+        return value
+
+    @field_validator("ALERT_EMAIL_FROM", "ALERT_EMAIL_TO")
+    @classmethod
+    def _addresses(cls, value: str, info: ValidationInfo) -> str:
+        many = info.field_name == "ALERT_EMAIL_TO"  # the sender is one address
+        for address in (a.strip() for a in (value.split(",") if many else [value])):
+            local, at, domain = address.partition("@")
+            if (address or not many) and not (at and local and domain and "@" not in domain
+                                and not any(c.isspace() for c in address)):
+                raise ValueError(f"{address!r} is not an e-mail address (name@host)")
+        # A field check, not a model one: a model-level error would echo every input,
+        # SMTP_PASSWORD included. SMTP_HOST is declared earlier, so it is in `info.data`.
+        if many and info.data.get("SMTP_HOST") and not value.replace(",", "").strip():
+            raise ValueError("SMTP_HOST is set but ALERT_EMAIL_TO is empty: set the "
+                             "recipients (comma-separated) or unset SMTP_HOST")
+        return value
+
     @model_validator(mode="after")
     def _dask_needs_address(self) -> Settings:
         if self.TRAINING_BACKEND == "dask" and not self.DASK_SCHEDULER_ADDRESS:
@@ -151,6 +182,23 @@ class Settings(BaseSettings):
 
     def threshold_overrides(self) -> dict[str, float]:
         return {name: float(value) for name, value in self.MODEL_THRESHOLDS.items()}
+
+
+SECRET_WORDS = ("KEY", "PASSWORD", "SECRET", "TOKEN", "URL")
+
+
+def describe_invalid(exc: ValidationError) -> str:
+    """`invalid configuration: NAME: problem (got 'value'); ...`, never echoing the value of
+    a variable that may hold a secret (keys, passwords, URLs with credentials)."""
+    return "invalid configuration: " + "; ".join(_problem(e) for e in exc.errors())
+
+
+def _problem(error: Any) -> str:
+    name = ".".join(map(str, error["loc"])) or "settings"
+    message = str(error["msg"]).removeprefix("Value error, ")
+    if any(word in name for word in SECRET_WORDS):
+        return f"{name}: {message}"
+    return f"{name}: {message} (got {error.get('input')!r})"
 
 
 @lru_cache(maxsize=1)

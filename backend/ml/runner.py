@@ -81,7 +81,7 @@ class Services:
                            keep_candidates=settings.KEEP_CANDIDATES)
         history = History(settings.history_file,
                           rebuild=lambda: rebuild_history(settings.MODELS_DIR))
-        return cls(settings, store, history, Alerts(history))
+        return cls(settings, store, history, Alerts.from_settings(settings, history))
 
 
 class Runner:

@@ -74,3 +74,12 @@ def test_a_failed_model_makes_the_run_fail(tmp_path: Path) -> None:
     assert proc.returncode == 1
     out = json.loads(proc.stdout)
     assert out["status"] == "partial" and out["failed_models"] == 1
+
+
+def test_a_bad_setting_is_named_without_echoing_a_secret() -> None:
+    proc = run_cli("models", env={"ALERT_WEBHOOK_URL": "hooks.example/T000/B000/s3cr3t",
+                                  "SMTP_PORT": "seventy"})
+    assert proc.returncode == 2
+    assert "ALERT_WEBHOOK_URL: must be an http:// or https:// URL" in proc.stderr
+    assert "SMTP_PORT" in proc.stderr and "'seventy'" in proc.stderr  # not secret: shown
+    assert "s3cr3t" not in proc.stderr and "Traceback" not in proc.stderr
