@@ -17,13 +17,15 @@ from typing import Any
 
 from anyio import to_thread
 from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
 from pydantic import ValidationError
 
 from backend.app import errors
 from backend.app.deps import EstimatorCache, Scheduler
 from backend.app.routes import api_router
+from backend.app.routes.dashboard import STATIC_DIR
 from backend.app.schemas import error_responses
-from backend.ml.config import Settings, get_settings
+from backend.ml.config import Settings, describe_invalid, get_settings
 from backend.ml.data import describe_url
 from backend.ml.logsetup import configure_logging
 from backend.ml.monitor import Monitor
@@ -32,7 +34,6 @@ from backend.ml.scheduler import TrainingScheduler
 
 logger = logging.getLogger("backend.app")
 VERSION = "0.1.0"
-SECRET_WORDS = ("KEY", "PASSWORD", "SECRET", "TOKEN", "URL")
 
 
 def load_settings(app: FastAPI) -> Settings:
@@ -41,17 +42,8 @@ def load_settings(app: FastAPI) -> Settings:
     try:
         settings: Settings = factory()
     except ValidationError as exc:
-        problems = "; ".join(_problem(e) for e in exc.errors())
-        raise RuntimeError(f"invalid configuration: {problems}") from None
+        raise RuntimeError(describe_invalid(exc)) from None
     return settings
-
-
-def _problem(error: Any) -> str:
-    name = ".".join(map(str, error["loc"])) or "settings"
-    message = str(error["msg"]).removeprefix("Value error, ")
-    if any(word in name for word in SECRET_WORDS):  # never echo a password or key
-        return f"{name}: {message}"
-    return f"{name}: {message} (got {error.get('input')!r})"
 
 
 def start_scheduler(runner: Runner, stop: threading.Event) -> Scheduler:
@@ -116,6 +108,7 @@ def create_app() -> FastAPI:
                   docs_url="/api/docs", redoc_url=None, lifespan=lifespan, responses=responses)
     errors.install(app)
     app.include_router(api_router)
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")  # the dashboard's
     return app
 
 

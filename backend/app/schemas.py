@@ -185,6 +185,10 @@ class LiveCheck(Open):
     drift: dict[str, Any] | None = None
 
 
+ModelState = Literal["healthy", "watch", "degraded", "retraining", "cooling_down",
+                     "no_version"]
+
+
 class ModelSummary(BaseModel):
     name: str
     group: str
@@ -198,10 +202,41 @@ class ModelSummary(BaseModel):
     trained_at: str | None
     last_check: LiveCheck | None
     error: str | None = Field(None, description="Why the production metadata is unreadable.")
+    state: ModelState = Field(description=(
+        "The first that applies: `retraining` (the running run includes it), `no_version` "
+        "(nothing promoted yet), `cooling_down` (retrains exhausted; waits for new data or "
+        "the next daily run), `degraded` or `watch` (the newest check of the serving version: "
+        "below threshold, or below once by less than the margin, to be confirmed), "
+        "`healthy`."))
 
 
 class ModelList(BaseModel):
     models: list[ModelSummary]
+
+
+class TimelinePoint(BaseModel):
+    time: str
+    score: float
+    kind: Literal["training", "live"] = Field(description="`training`: a version's score on "
+                                                          "its holdout; `live`: a check's "
+                                                          "score on fresh data.")
+    version: str | None
+
+
+class TimelineEvent(BaseModel):
+    time: str
+    kind: Literal["retrain", "promotion", "rollback", "alert"]
+    detail: str
+    version: str | None = Field(None, description="The version it concerns, when one does.")
+
+
+class Timeline(BaseModel):
+    model: str
+    metric: str
+    threshold: float
+    aliases: Aliases
+    points: list[TimelinePoint] = Field(description="Oldest first.")
+    events: list[TimelineEvent] = Field(description="Oldest first.")
 
 
 class Feature(BaseModel):

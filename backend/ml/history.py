@@ -5,7 +5,12 @@ alerts and the running totals of what has been archived:
 
     {"trainings": [...], "checks": [...], "model_versions": {name: [...]}, "alerts": [...],
      "archive": {"trainings": {count, successful, ...}, "checks": n, "alerts": n,
-                 "model_versions": n}}
+                 "alerts_by_kind": {kind: n}, "model_versions": n}}
+
+The training totals also hold what all-time metrics need (`durations`, `duration_sum`,
+`retrains_by_model`); a file written before a totals key existed loads with it empty, so
+entries archived back then are counted in `count`/`by_status`/`alerts` but not in those
+breakdowns.
 
 Every list is kept oldest first. When one grows past its limit, its oldest entries (down to
 80% of the limit, so the archives are rewritten once per many appends, not on every one)
@@ -26,6 +31,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from datetime import UTC, datetime
@@ -133,8 +139,12 @@ def is_successful(record: Mapping[str, Any]) -> bool:
 
 
 def _empty_totals() -> Record:
+    # `durations` counts finished runs by duration rounded up to a whole second: exact for
+    # any whole-second histogram bound a reader picks, and small (one key per distinct
+    # second). `retrains_by_model`: runs with trigger "retrain", per model they trained.
     return {"count": 0, "successful": 0, "by_status": {}, "models_trained": 0,
-            "accuracy_sum": 0.0, "accuracy_count": 0, "last_training": None}
+            "accuracy_sum": 0.0, "accuracy_count": 0, "last_training": None,
+            "durations": {}, "duration_sum": 0.0, "retrains_by_model": {}}
 
 
 def _accumulate(totals: Record, record: Mapping[str, Any]) -> None:
@@ -153,12 +163,28 @@ def _accumulate(totals: Record, record: Mapping[str, Any]) -> None:
     stamp, last = parse_timestamp(record.get("timestamp")), totals["last_training"]
     if stamp is not None and (last is None or stamp > (parse_timestamp(last) or stamp)):
         totals["last_training"] = record["timestamp"]
+    duration = _number(record.get("duration_seconds"))
+    if duration is not None and math.isfinite(duration) and duration >= 0:
+        _count(totals["durations"], str(math.ceil(duration)))
+        totals["duration_sum"] += duration
+    if record.get("trigger") == "retrain":
+        for name in models_in(record):
+            _count(totals["retrains_by_model"], name)
+
+
+def _count(counts: dict[str, int], key: str, n: int = 1) -> None:
+    counts[key] = counts.get(key, 0) + n
+
+
+def _count_kinds(counts: dict[str, int], alerts: Iterable[Mapping[str, Any]]) -> None:
+    for alert in alerts:
+        _count(counts, str(alert.get("kind") or "unknown"))
 
 
 def empty_doc() -> Doc:
     return {"trainings": [], "checks": [], "model_versions": {}, "alerts": [],
             "archive": {"trainings": _empty_totals(), "checks": 0, "alerts": 0,
-                        "model_versions": 0}}
+                        "alerts_by_kind": {}, "model_versions": 0}}
 
 
 def _is_records(value: object) -> bool:
@@ -181,8 +207,9 @@ def validate(obj: object) -> Doc:
     doc["model_versions"] = versions
     archive = obj.get("archive", doc["archive"])
     if (not isinstance(archive, dict) or not isinstance(archive.get("trainings"), dict)
+            or not isinstance(archive.get("alerts_by_kind", {}), dict)
             or not all(isinstance(archive.get(k, 0), int) for k in doc["archive"]
-                       if k != "trainings")):
+                       if k not in ("trainings", "alerts_by_kind"))):
         raise ValueError("'archive' totals are malformed")
     doc["archive"] = {**doc["archive"], **archive,
                       "trainings": {**_empty_totals(), **archive["trainings"]}}
@@ -396,9 +423,7 @@ class History:
         """The guide's stats over every run ever recorded (archives included), plus
         `by_status`, `running_trainings` and a per-model trend of the latest scores."""
         doc = self._load()
-        totals = json.loads(json.dumps(doc["archive"]["trainings"]))
-        for entry in doc["trainings"]:
-            _accumulate(totals, entry)
+        totals = _all_time(doc)
         count, accuracy_n = totals["count"], totals["accuracy_count"]
         return {
             "total_trainings": count,
@@ -411,6 +436,20 @@ class History:
             "running_trainings": sum(t.get("status") == "running" for t in doc["trainings"]),
             "per_model": _trends(doc["trainings"]),
         }
+
+    def metrics_totals(self) -> Record:
+        """All-time counts for monitoring, archives included, so they never go down when
+        entries are archived: finished runs `by_status`, `durations` ({whole seconds rounded
+        up: runs}) and `duration_sum` of those with a duration, `retrains_by_model`, and
+        `alerts_by_kind`."""
+        doc = self._load()
+        totals = _all_time(doc)
+        alerts = dict(doc["archive"]["alerts_by_kind"])
+        _count_kinds(alerts, doc["alerts"])
+        return {"by_status": totals["by_status"],
+                "durations": {int(k): n for k, n in totals["durations"].items()},
+                "duration_sum": totals["duration_sum"],
+                "retrains_by_model": totals["retrains_by_model"], "alerts_by_kind": alerts}
 
     def archived_years(self) -> list[int]:
         pattern = f"{self.path.stem}.[0-9][0-9][0-9][0-9]{self.path.suffix}"
@@ -544,6 +583,8 @@ class History:
         for kind in ("checks", "alerts"):
             evicted = _spill(doc[kind], self.limits[kind])
             totals[kind] += len(evicted)
+            if kind == "alerts":
+                _count_kinds(totals["alerts_by_kind"], evicted)
             for entry in evicted:
                 part(entry)[kind].append(entry)
         for name, entries in doc["model_versions"].items():
@@ -617,6 +658,7 @@ class History:
                 seen_runs.add(str(entry.get("run_id")))
             for kind in ("checks", "alerts"):
                 doc["archive"][kind] += len(part[kind])
+            _count_kinds(doc["archive"]["alerts_by_kind"], part["alerts"])
             for name, entries in part["model_versions"].items():
                 doc["archive"]["model_versions"] += len(entries)
                 seen_versions.update((name, _version_key(v)) for v in entries)
@@ -645,6 +687,14 @@ class History:
         except Exception:
             logger.exception("rebuilding the training history failed; starting it empty")
             return empty_doc()
+
+
+def _all_time(doc: Doc) -> Record:
+    """The archived training totals plus the main file's finished runs (a copy)."""
+    totals: Record = _clone(doc["archive"]["trainings"])
+    for entry in doc["trainings"]:
+        _accumulate(totals, entry)
+    return totals
 
 
 def _version_key(entry: Mapping[str, Any]) -> str:

@@ -190,7 +190,7 @@ class Monitor:
         tcol = data.time_column(spec.table)
         fresh = labelled[labelled[tcol] > pd.Timestamp(meta["data_end"])]
         result: dict[str, Any] = {"version": meta["version"], "threshold": threshold,
-                                  "samples": len(fresh)}
+                                  "holdout_score": meta.get("score"), "samples": len(fresh)}
         if len(fresh) < fresh_minimum(spec):
             result["verdict"] = "insufficient_fresh_data"
             result["needed"] = fresh_minimum(spec)
@@ -223,12 +223,20 @@ class Monitor:
             return
         alerts, threshold = self.services.alerts, result["threshold"]
         drift = result.get("drift") or {}
-        if drift.get("max_psi", 0.0) >= PSI_ALERT:
+        # A few fresh weeks always differ from a year of training in seasonal inputs (month,
+        # monsoon, rainfall), so shifted inputs alone would alert every model every season:
+        # only drift that comes with a live score below the version's own holdout score
+        # (by more than MARGIN) is worth a person's attention.
+        trained = result.get("holdout_score")
+        hurting = trained is not None and result["live_score"] < trained - MARGIN
+        if drift.get("max_psi", 0.0) >= PSI_ALERT and hurting:
             features = ", ".join(f"{f} {v:.2f}" for f, v in drift.get("top_features", []))
             alerts.notify("warning", "drift_detected",
                           f"{name}'s inputs have shifted (PSI {drift['max_psi']:.2f} >= "
-                          f"{PSI_ALERT}; {features})", model=name, version=result["version"],
-                          max_psi=drift["max_psi"], top_features=drift.get("top_features"),
+                          f"{PSI_ALERT}; {features}) and its live score fell from "
+                          f"{trained:.4f} to {result['live_score']:.4f}", model=name,
+                          version=result["version"], max_psi=drift["max_psi"],
+                          top_features=drift.get("top_features"), score=trained,
                           live_score=result["live_score"], threshold=threshold)
         trend = model_state.get("trend", {})
         scores = trend.get("scores", []) if trend.get("version") == result["version"] else []

@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -17,16 +14,10 @@ import httpx
 import pytest
 
 from backend.ml import specs
-from backend.ml.config import REPO_ROOT
 from backend.ml.history import History
+from tests.e2e.servers import Server
 
 pytestmark = pytest.mark.slow
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def pretend_trained_today(logs_dir: Path) -> None:
@@ -35,48 +26,6 @@ def pretend_trained_today(logs_dir: Path) -> None:
         "run_id": "run-setup", "timestamp": datetime.now(UTC).isoformat(), "trigger": "daily",
         "status": "success", "models_trained": len(specs.SPECS),
         "successful_models": len(specs.SPECS), "failed_models": 0})
-
-
-class Server:
-    def __init__(self, tmp: Path, db_url: str, *, workers: int, **env: str) -> None:
-        self.port = free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
-        self.logs_dir = tmp / "logs"
-        full_env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "DATABASE_URL": db_url,
-                    "MODELS_DIR": str(tmp / "models"), "LOGS_DIR": str(self.logs_dir),
-                    "TRAINING_N_JOBS": "2", "PERFORMANCE_CHECK_INTERVAL": "86400", **env}
-        self.started = time.perf_counter()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "backend.app.main:app", "--host", "127.0.0.1",
-             "--port", str(self.port), "--workers", str(workers), "--log-level", "warning"],
-            env=full_env, cwd=REPO_ROOT, start_new_session=True,
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-
-    def wait_ready(self, timeout: float = 60) -> float:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"server exited: {self.proc.stderr.read().decode()}")
-            try:
-                if httpx.get(f"{self.base}/health", timeout=1).status_code == 200:
-                    return time.perf_counter() - self.started
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.05)
-        raise AssertionError("server did not become ready")
-
-    def status(self) -> dict:
-        response = httpx.get(f"{self.base}/ml/training/status", timeout=5)
-        assert response.status_code == 200, response.text
-        return response.json()["data"]
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
 
 
 @pytest.fixture

@@ -166,3 +166,19 @@ def test_declining_by_needs_enough_checks_and_a_downward_line() -> None:
     assert declining_by([0.9, 0.8, 0.7]) == 0.0  # too few to call a trend
     assert declining_by([0.7, 0.75, 0.8, 0.85]) == 0.0
     assert declining_by([0.9, 0.87, 0.84, 0.81]) == pytest.approx(0.09)
+
+
+def test_drift_is_alerted_only_when_the_live_score_suffers(tmp_path: Path) -> None:
+    """Seasonal inputs always shift between a year of training and a few fresh weeks."""
+    settings = Settings(MODELS_DIR=tmp_path / "m", LOGS_DIR=tmp_path / "l")
+    monitor = Monitor(Runner(Services.from_settings(settings)))
+    drift = {"max_psi": 3.4, "top_features": [["is_monsoon", 3.4]]}
+    seasonal = {"version": "v0001", "live_score": 0.80, "holdout_score": 0.81,
+                "threshold": 0.7, "drift": drift}
+    monitor.early_warnings("delay_prediction", seasonal, {})
+    assert monitor.services.history.alerts() == []
+    monitor.early_warnings("delay_prediction", {**seasonal, "live_score": 0.74}, {})
+    alerts = monitor.services.history.alerts()
+    assert [(a["kind"], a["score"], a["live_score"]) for a in alerts] == [
+        ("drift_detected", 0.81, 0.74)], alerts
+    assert "is_monsoon 3.40" in alerts[0]["message"]

@@ -1,8 +1,13 @@
-"""The 17 models: what serves, its versions, rollback, and predictions."""
+"""The 17 models: what serves, its versions, rollback, and predictions.
+
+(A model's timeline, which only the dashboard's chart needs, is in `dashboard.py`.)
+"""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import numpy as np
@@ -15,6 +20,7 @@ from threadpoolctl import threadpool_limits
 from backend.app.deps import (
     EstimatorCache,
     EstimatorsDep,
+    RunnerDep,
     ServicesDep,
     SettingsDep,
     SpecDep,
@@ -24,6 +30,7 @@ from backend.app.schemas import (
     Envelope,
     ModelDetail,
     ModelList,
+    ModelState,
     PredictData,
     PredictRequest,
     RollbackData,
@@ -33,7 +40,9 @@ from backend.app.schemas import (
 )
 from backend.ml import specs, trainer
 from backend.ml.config import Settings
-from backend.ml.runner import Services
+from backend.ml.history import parse_timestamp
+from backend.ml.monitor import read_state
+from backend.ml.runner import Runner, Services
 from backend.ml.specs import ModelSpec
 from backend.ml.store import NoProductionModelError, StoreError, UnknownVersionError
 
@@ -61,10 +70,59 @@ def last_check(services: Services, name: str) -> dict[str, Any] | None:
     return None
 
 
+def running_models(runner: Runner, services: Services) -> set[str]:
+    """The models of the run now holding the training lock (from any process); empty when
+    none runs. Its progress lists them (in flight + finished); in its first instants only
+    the history record it has just written does."""
+    current = runner.current()
+    if current is None:
+        return set()
+    if "in_flight" in current:
+        return {*current.get("in_flight", []), *current.get("finished", [])}
+    run_id = current.get("run_id")
+    record = services.history.get_training(str(run_id), archived=False) if run_id else None
+    return {str(n) for n in (record or {}).get("models") or []}
+
+
+def own_state(monitor: Mapping[str, Any], name: str) -> Mapping[str, Any]:
+    entry = monitor.get(name)
+    return entry if isinstance(entry, dict) else {}
+
+
+def model_state(*, has_version: bool, production: str | None, running: bool,
+                monitor: Mapping[str, Any], check: Mapping[str, Any] | None,
+                now: datetime) -> ModelState:
+    """One word for the dashboard's badge, first that applies: retraining (a run includes
+    it, even a first training), no_version, cooling_down (retrains exhausted, waiting for
+    new data or the next daily run), degraded or watch (the newest check of the version
+    now serving said so), else healthy. A check of an older version says nothing about
+    the one that replaced it, so it is ignored."""
+    if running:
+        return "retraining"
+    if not has_version:
+        return "no_version"
+    cooldown = monitor.get("cooldown")
+    until = parse_timestamp(cooldown.get("until")) if isinstance(cooldown, dict) else None
+    if until is not None and until > now:
+        return "cooling_down"
+    if check is not None and check.get("version", production) == production:
+        verdict = check.get("verdict")
+        if verdict == "degraded":
+            return "degraded"
+        if verdict == "watch":
+            return "watch"
+    return "healthy"
+
+
 @router.get("", response_model=Envelope[ModelList])
-def list_models(settings: SettingsDep, services: ServicesDep) -> Envelope[ModelList]:
-    """All 17: what serves and how it scored at training and in the newest live check."""
+def list_models(settings: SettingsDep, services: ServicesDep,
+                runner: RunnerDep) -> Envelope[ModelList]:
+    """All 17: what serves, how it scored at training and in the newest live check, and
+    its `state` (see ModelSummary)."""
     rows = []
+    running = running_models(runner, services)
+    monitor = read_state(settings.LOGS_DIR)
+    now = datetime.now(UTC)
     for name in specs.MODEL_NAMES:
         spec = specs.get_spec(name)
         meta, error = None, None
@@ -72,6 +130,7 @@ def list_models(settings: SettingsDep, services: ServicesDep) -> Envelope[ModelL
             meta = services.store.production_meta(name)
         except StoreError as exc:  # one unreadable model must not hide the other 16
             error = str(exc)
+        check = last_check(services, name)
         rows.append({
             "name": name, "group": spec.group, "task": spec.task, "metric": spec.metric,
             "threshold": threshold(spec, settings),
@@ -80,7 +139,11 @@ def list_models(settings: SettingsDep, services: ServicesDep) -> Envelope[ModelL
             "baseline": meta.get("baseline") if meta else None,
             "passed": meta.get("passed") if meta else None,
             "trained_at": meta.get("created_at") if meta else None,
-            "last_check": last_check(services, name), "error": error})
+            "last_check": check, "error": error,
+            "state": model_state(has_version=meta is not None or error is not None,
+                                 production=meta.get("version") if meta else None,
+                                 running=name in running, monitor=own_state(monitor, name),
+                                 check=check, now=now)})
     return Envelope(data=ModelList.model_validate({"models": rows}))
 
 

@@ -1,0 +1,166 @@
+"""Prometheus metrics of the fleet, derived from the state on disk at every scrape.
+
+The service runs as several uvicorn workers and trains in child processes, so counters
+kept in one process's memory would disagree between workers and reset on restart. Every
+number here is read, when scraped, from what all processes share: the model registry and
+version metadata (JSON), the training history (with its archived totals, so counters do
+not go down when old entries are archived), the monitor's state and the training lock.
+Any worker answers the same numbers, except `ml_scheduler_lease_held`, which is about the
+process answering.
+
+Deliberately not done: no model is unpickled and the database is never opened, so a
+scrape stays cheap however often it comes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+from backend.app.deps import Scheduler
+from backend.app.routes.models import list_models
+from backend.app.routes.training import scheduler_view
+from backend.app.schemas import ModelSummary
+from backend.ml import specs
+from backend.ml.config import Settings
+from backend.ml.history import STATUSES, parse_timestamp
+from backend.ml.monitor import read_state
+from backend.ml.runner import Runner, Services
+from backend.ml.store import VERSION_RE
+
+# Upper bounds in whole seconds, for runs from a one-model retrain (seconds) to a full
+# cycle on a large database (up to two hours). Whole seconds because the history counts
+# archived runs by duration rounded up to a second, which is exact only for whole bounds.
+DURATION_BUCKETS = (5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200)
+DEGRADED = ("degraded", "degraded_recovering")
+MODEL_LABELS = ("model", "group")
+NAN = float("nan")
+
+
+def version_number(version: str | None) -> int:
+    """The number of a version id (v0003 is 3); 0 for none, since numbers start at 1."""
+    match = VERSION_RE.match(version or "")
+    return int(match.group(1)) if match else 0
+
+
+def duration_buckets(durations: dict[int, int]) -> list[tuple[str, float]]:
+    """Cumulative (le, count) pairs, +Inf last, from counts by whole seconds rounded up."""
+    buckets = [(str(float(bound)), float(sum(n for s, n in durations.items() if s <= bound)))
+               for bound in DURATION_BUCKETS]
+    return [*buckets, ("+Inf", float(sum(durations.values())))]
+
+
+class FleetCollector(Collector):
+    """Collects the `ml_*` families from one app's settings, services, runner and
+    scheduler (None when this process runs none)."""
+
+    def __init__(self, settings: Settings, services: Services, runner: Runner,
+                 scheduler: Scheduler | None) -> None:
+        self.settings = settings
+        self.services = services
+        self.runner = runner
+        self.scheduler = scheduler
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self._models()
+        yield from self._history()
+        yield from self._process()
+
+    def _models(self) -> Iterator[Metric]:
+        """Per model, through the function behind GET /ml/models, so the two never disagree."""
+        rows = list_models(self.settings, self.services, self.runner).data.models
+        state = read_state(self.settings.LOGS_DIR)
+
+        def gauge(name: str, documentation: str) -> GaugeMetricFamily:
+            return GaugeMetricFamily(name, documentation, labels=MODEL_LABELS)
+
+        score = gauge("ml_model_score", "Holdout score of the production version when it "
+                      "was trained (NaN: no production version)")
+        live = gauge("ml_model_live_score", "Score on fresh labelled rows in the newest "
+                     "check of the model (absent: never checked, or too few fresh rows)")
+        threshold = gauge("ml_model_threshold", "Score below which the model counts as "
+                          "failing")
+        version = gauge("ml_model_production_version", "Number of the production version "
+                        "(v0003 is 3; 0: none)")
+        trained = gauge("ml_model_last_trained_timestamp_seconds", "When the production "
+                        "version was trained, Unix seconds (absent: no production version)")
+        drift = gauge("ml_model_drift_psi", "Largest feature PSI against the training data "
+                      "in the newest check (absent: no drift measured)")
+        degraded = gauge("ml_model_degraded", "1 while the monitor holds the model degraded "
+                         "(below threshold; retraining or cooling down), else 0")
+        for row in rows:
+            labels = [row.name, row.group]
+            check = row.last_check
+            score.add_metric(labels, NAN if row.score is None else row.score)
+            threshold.add_metric(labels, row.threshold)
+            version.add_metric(labels, version_number(row.production_version))
+            stamp = parse_timestamp(row.trained_at)
+            if stamp is not None:
+                trained.add_metric(labels, stamp.timestamp())
+            if check is not None and check.live_score is not None:
+                live.add_metric(labels, check.live_score)
+            psi = (check.drift or {}).get("max_psi") if check is not None else None
+            if isinstance(psi, int | float):
+                drift.add_metric(labels, psi)
+            degraded.add_metric(labels, float(self._verdict(row, state) in DEGRADED))
+        yield from (score, live, threshold, version, trained, drift, degraded)
+
+    @staticmethod
+    def _verdict(row: ModelSummary, state: dict[str, Any]) -> str | None:
+        """The monitor's standing verdict (it outlives a retrain that recovered the model
+        within the same check); the newest check's when the monitor has none."""
+        kept = state.get(row.name)
+        if isinstance(kept, dict) and kept.get("verdict"):
+            return str(kept["verdict"])
+        return row.last_check.verdict if row.last_check is not None else None
+
+    def _history(self) -> Iterator[Metric]:
+        totals = self.services.history.metrics_totals()
+        runs = CounterMetricFamily("ml_training_runs", "Finished training runs by status, "
+                                   "all time", labels=["status"])
+        by_status = {s: 0 for s in STATUSES if s != "running"} | totals["by_status"]
+        for status, count in sorted(by_status.items()):
+            runs.add_metric([status], count)
+        yield runs
+        yield HistogramMetricFamily(
+            "ml_training_duration_seconds", "Wall time of finished training runs that "
+            "recorded one, all time", buckets=duration_buckets(totals["durations"]),
+            sum_value=totals["duration_sum"])
+        retrains = CounterMetricFamily("ml_retrain_attempts", "Retraining runs the monitor "
+                                       "started for a degraded model, all time",
+                                       labels=["model"])
+        for name in specs.MODEL_NAMES:
+            retrains.add_metric([name], totals["retrains_by_model"].get(name, 0))
+        yield retrains
+        alerts = CounterMetricFamily("ml_alerts", "Alerts raised by kind, all time",
+                                     labels=["kind"])
+        for kind, count in sorted(totals["alerts_by_kind"].items()):
+            alerts.add_metric([kind], count)
+        yield alerts
+
+    def _process(self) -> Iterator[Metric]:
+        view = scheduler_view(self.scheduler, self.settings)
+        yield GaugeMetricFamily("ml_scheduler_lease_held", "1 if the process answering "
+                                "holds the scheduler lease and runs the schedule, else 0",
+                                value=float(bool(view.get("scheduler_active"))))
+        yield GaugeMetricFamily("ml_training_in_progress", "1 while a training run holds "
+                                "the training lock (any process), else 0",
+                                value=float(self.runner.current() is not None))
+
+
+def exposition(collector: Collector) -> bytes:
+    """The collector's metrics in the Prometheus text format. A registry of its own per
+    scrape: nothing is kept between scrapes, and the process-wide default registry (with
+    whatever else registered there) stays out of it."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(collector)
+    return generate_latest(registry)

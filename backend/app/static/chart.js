@@ -1,0 +1,169 @@
+/* One model's accuracy over time as inline SVG (GET /ml/models/{name}/timeline): the
+   holdout score of each version, the live score of each check, the threshold, and a
+   marker for each retrain, promotion, rollback and alert. Drawn at the width of its box,
+   one SVG unit to a CSS pixel, so text is never stretched; the page redraws on resize.
+   Exposes window.TimelineChart.render(box, timeline). */
+(function () {
+  'use strict';
+
+  var NS = 'http://www.w3.org/2000/svg';
+  var MINUTE = 60e3;
+  var HOUR = 60 * MINUTE;
+  var DAY = 24 * HOUR;
+  // Tick spacings to choose from, so labels fall on round times whatever the span.
+  var STEPS = [MINUTE, 5 * MINUTE, 15 * MINUTE, 30 * MINUTE, HOUR, 3 * HOUR, 6 * HOUR,
+    12 * HOUR, DAY, 2 * DAY, 7 * DAY, 14 * DAY, 30 * DAY, 91 * DAY, 182 * DAY, 365 * DAY];
+  var LEGEND = [
+    ['training', 'Version score (holdout)'], ['live', 'Live score (checks)'],
+    ['threshold', 'Threshold'], ['promotion', 'Promotion'], ['rollback', 'Rollback'],
+    ['retrain', 'Retrain'], ['alert', 'Alert']
+  ];
+
+  function svg(name, attrs, parent, text) {
+    var node = document.createElementNS(NS, name);
+    Object.keys(attrs || {}).forEach(function (key) { node.setAttribute(key, attrs[key]); });
+    if (text !== undefined) node.textContent = text;
+    if (parent) parent.appendChild(node);
+    return node;
+  }
+
+  function linear(d0, d1, r0, r1) {
+    var k = d1 === d0 ? 0 : (r1 - r0) / (d1 - d0);
+    return function (v) { return Math.round((r0 + (v - d0) * k) * 10) / 10; };
+  }
+
+  function stamp(t, withDay) {
+    var d = new Date(t);
+    var options = withDay ? { day: 'numeric', month: 'short' } : { hour: '2-digit', minute: '2-digit' };
+    return d.toLocaleString(undefined, options);
+  }
+
+  function full(t) { return new Date(t).toLocaleString(); }
+
+  /* The score range shown: a little air around the data and the threshold, in steps of
+     0.05, kept within [0, 1] unless a score (an r2 can be negative) lies outside. */
+  function scoreRange(scores) {
+    var min = Math.min.apply(null, scores);
+    var max = Math.max.apply(null, scores);
+    var lo = Math.floor((min - 0.03) * 20) / 20;
+    var hi = Math.ceil((max + 0.03) * 20) / 20;
+    if (min >= 0) lo = Math.max(0, lo);
+    if (max <= 1) hi = Math.min(1, hi);
+    if (hi - lo < 0.1) {
+      hi = Math.min(max <= 1 ? 1 : hi, lo + 0.1);
+      lo = hi - 0.1;
+    }
+    return [lo, hi];
+  }
+
+  function marker(kind, x, y, parent) {
+    var s = 5;
+    if (kind === 'promotion') {
+      return svg('path', { d: 'M' + x + ' ' + (y - s) + 'L' + (x + s) + ' ' + (y + s) + 'L' + (x - s) + ' ' + (y + s) + 'Z' }, parent);
+    }
+    if (kind === 'rollback') {
+      return svg('path', { d: 'M' + x + ' ' + (y + s) + 'L' + (x + s) + ' ' + (y - s) + 'L' + (x - s) + ' ' + (y - s) + 'Z' }, parent);
+    }
+    if (kind === 'retrain') {
+      return svg('path', { d: 'M' + x + ' ' + (y - s) + 'L' + (x + s) + ' ' + y + 'L' + x + ' ' + (y + s) + 'L' + (x - s) + ' ' + y + 'Z' }, parent);
+    }
+    return svg('circle', { cx: x, cy: y, r: 4 }, parent);
+  }
+
+  function legend() {
+    var list = document.createElement('ul');
+    list.className = 'legend';
+    LEGEND.forEach(function (item) {
+      var li = document.createElement('li');
+      var key = document.createElement('span');
+      key.className = 'key key-' + item[0];
+      li.appendChild(key);
+      li.appendChild(document.createTextNode(item[1]));
+      list.appendChild(li);
+    });
+    return list;
+  }
+
+  function render(box, timeline) {
+    box.textContent = '';
+    var parse = function (item) { return Object.assign({ t: Date.parse(item.time) }, item); };
+    var ok = function (item) { return isFinite(item.t); };
+    var points = timeline.points.map(parse).filter(ok);
+    var events = timeline.events.map(parse).filter(ok);
+    if (!points.length && !events.length) {
+      var empty = document.createElement('p');
+      empty.className = 'muted';
+      empty.textContent = 'Nothing to chart yet: no version has been trained.';
+      box.appendChild(empty);
+      return;
+    }
+    var width = Math.max(240, Math.floor(box.clientWidth || 600));
+    var height = width < 480 ? 190 : 250;
+    var m = { left: 42, right: 12, top: 20, bottom: 26 };
+    var times = points.concat(events).map(function (p) { return p.t; });
+    var t0 = Math.min.apply(null, times);
+    var t1 = Math.max.apply(null, times);
+    var pad = Math.max((t1 - t0) * 0.04, MINUTE);
+    t0 -= pad;
+    t1 += pad;
+    var range = scoreRange(points.map(function (p) { return p.score; }).concat([timeline.threshold]));
+    var x = linear(t0, t1, m.left, width - m.right);
+    var y = linear(range[0], range[1], height - m.bottom, m.top);
+    var root = svg('svg', {
+      class: 'chart', width: width, height: height, viewBox: '0 0 ' + width + ' ' + height,
+      role: 'img', 'aria-label': timeline.model + ': ' + timeline.metric + ' over time'
+    });
+
+    var grid = svg('g', { class: 'grid' }, root);
+    var step = range[1] - range[0] > 0.4 ? 0.1 : 0.05;
+    for (var v = Math.ceil(range[0] / step - 1e-9) * step; v <= range[1] + 1e-9; v += step) {
+      svg('line', { x1: m.left, x2: width - m.right, y1: y(v), y2: y(v) }, grid);
+      svg('text', { x: m.left - 6, y: y(v) + 4, 'text-anchor': 'end' }, grid, v.toFixed(2));
+    }
+    var span = t1 - t0;
+    var most = Math.max(2, Math.floor((width - m.left - m.right) / 90));
+    var tick = STEPS.filter(function (s) { return span / s <= most; })[0] || STEPS[STEPS.length - 1];
+    var zone = new Date().getTimezoneOffset() * 60e3;  // round to local midnights and hours
+    for (var t = Math.ceil((t0 - zone) / tick) * tick + zone; t <= t1; t += tick) {
+      svg('line', { x1: x(t), x2: x(t), y1: m.top, y2: height - m.bottom, class: 'vgrid' }, grid);
+      svg('text', { x: x(t), y: height - 8, 'text-anchor': 'middle' }, grid, stamp(t, tick >= DAY));
+    }
+
+    var th = y(timeline.threshold);
+    svg('line', { class: 'threshold', x1: m.left, x2: width - m.right, y1: th, y2: th }, root);
+    svg('text', { class: 'threshold-label', x: width - m.right, y: th - 4, 'text-anchor': 'end' },
+      root, 'threshold ' + timeline.threshold.toFixed(2));
+
+    events.forEach(function (e) {
+      var g = svg('g', { class: 'event event-' + e.kind }, root);
+      svg('title', {}, g, e.kind + ', ' + full(e.t) + (e.version ? ' (' + e.version + ')' : '') + ': ' + e.detail);
+      svg('line', { x1: x(e.t), x2: x(e.t), y1: m.top, y2: height - m.bottom }, g);
+      marker(e.kind, x(e.t), m.top - 4, g);  // along the top edge, above the lines
+    });
+
+    ['training', 'live'].forEach(function (kind) {
+      var series = points.filter(function (p) { return p.kind === kind; })
+        .sort(function (a, b) { return a.t - b.t; });
+      if (!series.length) return;
+      var g = svg('g', { class: 'series series-' + kind }, root);
+      svg('polyline', {
+        points: series.map(function (p) { return x(p.t) + ',' + y(p.score); }).join(' ')
+      }, g);
+      series.forEach(function (p) {
+        var serving = kind === 'training' && p.version === timeline.aliases.production;
+        var dot = svg('circle', {
+          cx: x(p.t), cy: y(p.score), r: kind === 'training' ? (serving ? 6 : 4) : 2.5,
+          class: serving ? 'serving' : ''
+        }, g);
+        svg('title', {}, dot, (kind === 'training' ? (p.version || '') + ' trained ' : 'live check ')
+          + full(p.t) + ': ' + p.score.toFixed(4)
+          + (kind === 'live' && p.version ? ' (' + p.version + ')' : '')
+          + (serving ? ', serving now' : ''));
+      });
+    });
+    box.appendChild(root);
+    box.appendChild(legend());
+  }
+
+  window.TimelineChart = { render: render };
+})();
