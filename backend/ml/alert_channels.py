@@ -1,10 +1,5 @@
-"""Alert delivery: e-mail over SMTP and a JSON webhook, retried in background threads.
-
-A channel is a callable that takes the recorded alert and raises when delivery failed;
-`Dispatcher` calls each one in its own thread, retrying with exponential backoff, and
-never lets a failure reach the code that raised the alert. The threads are not daemons on
-purpose: a short-lived process (a training child) waits for its alerts to go out before
-it exits. Outcomes are kept on the returned `Delivery` so a caller can wait and report.
+"""Alert channels: e-mail over SMTP and a JSON webhook. A channel is a callable that takes
+the recorded alert and raises when delivery failed (`alert_delivery` retries it).
 
 Secrets stay out of the log: the SMTP password and the webhook URL's path (Slack-style
 URLs carry their token there) are scrubbed from every message we log, from the outcome
@@ -13,15 +8,11 @@ texts, and from httpx's own request lines.
 
 from __future__ import annotations
 
-import html
 import json
 import logging
 import smtplib
 import ssl
-import threading
-import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
@@ -30,14 +21,11 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from backend.ml.alert_messages import NAMED, dashboard_link, html_body, number, plain_body, subject
 from backend.ml.config import Settings
 
 logger = logging.getLogger(__name__)
 TIMEOUT_SECONDS = 10.0
-SUBJECT_PREFIX = "[ML scheduler]"
-# Shown by name in the message; the rest of a record's details follow, in order.
-_NAMED = ("id", "level", "kind", "model", "message", "timestamp", "score", "live_score",
-          "threshold", "attempts", "error")
 
 Channel = Callable[[Mapping[str, Any]], None]
 
@@ -84,82 +72,6 @@ def origin(url: str) -> str:
     if ":" in host:
         host = f"[{host}]"
     return f"{parts.scheme}://{host}" + (f":{parts.port}" if parts.port else "")
-
-
-# ---- what an alert says -----------------------------------------------------------------
-
-
-def dashboard_link(record: Mapping[str, Any], dashboard_url: str) -> str:
-    base = dashboard_url.split("#", 1)[0]
-    return f"{base}#model-{record['model']}" if record.get("model") else base
-
-
-def subject(record: Mapping[str, Any]) -> str:
-    model = f": {record['model']}" if record.get("model") else ""
-    return f"{SUBJECT_PREFIX} {str(record.get('level', '')).upper()} {record.get('kind')}{model}"
-
-
-def _number(value: Any) -> str:
-    return str(round(value, 4)) if isinstance(value, float) else str(value)
-
-
-def _attempts(value: Any) -> list[str]:
-    """A retry list (monitor: attempt, strategy, score, promoted) as lines; an int as is."""
-    if not isinstance(value, list):
-        return [str(value)]
-    lines = []
-    for item in value:
-        if not isinstance(item, Mapping):
-            lines.append(str(item))
-            continue
-        score = item.get("score")
-        lines.append(f"attempt {item.get('attempt', '?')} ({item.get('strategy', '?')}): "
-                     f"score {'-' if score is None else _number(score)}, "
-                     f"{'promoted' if item.get('promoted') else 'not promoted'}")
-    return lines
-
-
-def facts(record: Mapping[str, Any]) -> list[tuple[str, list[str]]]:
-    """(label, lines) pairs for the alert's body, in reading order, only those present."""
-    rows: list[tuple[str, list[str]]] = [("Alert", [str(record.get("kind"))]),
-                                         ("Level", [str(record.get("level"))])]
-    if record.get("model"):
-        rows.append(("Model", [str(record["model"])]))
-    rows.append(("Message", [str(record.get("message", ""))]))
-    for key, label in (("score", "Score"), ("live_score", "Live score"),
-                       ("threshold", "Threshold")):
-        if record.get(key) is not None:
-            rows.append((label, [_number(record[key])]))
-    if record.get("attempts") not in (None, [], 0):
-        rows.append(("Attempts", _attempts(record["attempts"])))
-    if record.get("error"):
-        rows.append(("Error", [str(record["error"])]))
-    for key, value in record.items():
-        if key not in _NAMED and value is not None:
-            text = value if isinstance(value, str) else json.dumps(value, default=str)
-            rows.append((key, [_number(value) if isinstance(value, float) else text]))
-    rows.append(("Time", [str(record.get("timestamp"))]))
-    return rows
-
-
-def plain_body(record: Mapping[str, Any], link: str) -> str:
-    lines = []
-    for label, values in facts(record):
-        if len(values) == 1:
-            lines.append(f"{label}: {values[0]}")
-        else:
-            lines += [f"{label}:", *(f"  {value}" for value in values)]
-    return "\n".join([*lines, "", f"Dashboard: {link}", ""])
-
-
-def html_body(record: Mapping[str, Any], link: str) -> str:
-    rows = "".join(
-        f'<tr><th align="left" valign="top">{html.escape(label)}</th>'
-        f"<td>{'<br>'.join(html.escape(v) for v in values)}</td></tr>"
-        for label, values in facts(record))
-    return (f"<html><body><h3>{html.escape(subject(record))}</h3><table>{rows}</table>"
-            f'<p><a href="{html.escape(link, quote=True)}">Open the dashboard</a> '
-            f"({html.escape(link)})</p></body></html>")
 
 
 # ---- channels ---------------------------------------------------------------------------
@@ -229,7 +141,7 @@ class WebhookChannel:
     def payload(self, record: Mapping[str, Any]) -> dict[str, Any]:
         link = dashboard_link(record, self.dashboard_url)
         score = record.get("score", record.get("live_score"))
-        figures = ", ".join(f"{label} {_number(record[key])}" for key, label in (
+        figures = ", ".join(f"{label} {number(record[key])}" for key, label in (
             ("score", "score"), ("live_score", "live score"), ("threshold", "threshold"))
             if record.get(key) is not None)
         text = f"{subject(record)} - {record.get('message', '')}"
@@ -238,7 +150,7 @@ class WebhookChannel:
                 **{key: record.get(key) for key in ("kind", "level", "model", "message",
                                                     "timestamp", "threshold", "attempts")},
                 "score": score, "dashboard_url": link,
-                "details": {k: v for k, v in record.items() if k not in _NAMED}}
+                "details": {k: v for k, v in record.items() if k not in NAMED}}
 
     def __call__(self, record: Mapping[str, Any]) -> None:
         body = json.dumps(self.payload(record), default=str)
@@ -269,122 +181,3 @@ def channels_from_settings(settings: Settings) -> list[Channel]:
 
 def describe(channel: Channel) -> str:
     return str(getattr(channel, "description", None) or repr(channel))
-
-
-# ---- delivery ---------------------------------------------------------------------------
-
-
-def _reason(exc: Exception) -> str:
-    if isinstance(exc, DeliveryError):
-        return str(exc)
-    if isinstance(exc, smtplib.SMTPResponseException):
-        text = exc.smtp_error.decode("utf-8", "replace") if isinstance(
-            exc.smtp_error, bytes) else str(exc.smtp_error)
-        return f"{type(exc).__name__}: {exc.smtp_code} {text}"
-    return f"{type(exc).__name__}: {exc}"
-
-
-@dataclass
-class Outcome:
-    """How delivery to one channel went; `error` is already scrubbed of secrets."""
-
-    channel: str
-    ok: bool = False
-    attempts: int = 0
-    error: str | None = None
-
-    def line(self) -> str:
-        if self.ok:
-            return f"{self.channel}: ok"
-        if self.attempts == 0:
-            return f"{self.channel}: {self.error or 'pending'}"
-        plural = "s" if self.attempts != 1 else ""
-        return f"{self.channel}: failed after {self.attempts} attempt{plural}: {self.error}"
-
-
-class Delivery:
-    """One alert on its way to every channel; `wait` for the outcomes."""
-
-    def __init__(self, record: Mapping[str, Any], outcomes: list[Outcome]) -> None:
-        self.record = record
-        self.outcomes = outcomes
-        self._threads: list[threading.Thread] = []
-
-    def wait(self, timeout: float | None = None) -> bool:
-        """Whether every channel finished (delivered or gave up) within `timeout`."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        for thread in self._threads:
-            thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
-        return not any(t.is_alive() for t in self._threads)
-
-    @property
-    def ok(self) -> bool:
-        return all(o.ok for o in self.outcomes)
-
-
-class Dispatcher:
-    """Sends each alert to every channel in background threads, retrying with backoff."""
-
-    def __init__(self, channels: Sequence[Channel] = (), *, attempts: int = 3,
-                 backoff_seconds: float = 1.0) -> None:
-        self.channels = list(channels)
-        self.attempts = max(1, attempts)
-        self.backoff_seconds = backoff_seconds
-        self._pending: set[threading.Thread] = set()
-        self._lock = threading.Lock()
-
-    def dispatch(self, record: Mapping[str, Any]) -> Delivery:
-        """Start delivering `record`; returns at once."""
-        delivery = Delivery(record, [Outcome(describe(c)) for c in self.channels])
-        # A thread per channel: a slow mail server must not hold the webhook back.
-        for channel, outcome in zip(self.channels, delivery.outcomes, strict=True):
-            thread = threading.Thread(target=self._deliver, args=(channel, record, outcome),
-                                      name=f"alert-{getattr(channel, 'name', 'channel')}",
-                                      daemon=False)
-            with self._lock:
-                self._pending.add(thread)
-            try:
-                thread.start()
-            except RuntimeError as exc:  # e.g. at interpreter shutdown: report, never raise
-                with self._lock:
-                    self._pending.discard(thread)
-                outcome.error = f"not sent: {exc}"
-                logger.error("alert %s: delivery via %s not started: %s", record.get("kind"),
-                             outcome.channel, exc)
-                continue
-            delivery._threads.append(thread)
-        return delivery
-
-    def flush(self, timeout: float | None = None) -> bool:
-        """Wait for every delivery started so far; whether all finished within `timeout`."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        with self._lock:
-            threads = list(self._pending)
-        for thread in threads:
-            thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
-        return not any(t.is_alive() for t in threads)
-
-    def _deliver(self, channel: Channel, record: Mapping[str, Any], outcome: Outcome) -> None:
-        secrets = getattr(channel, "secrets", ())
-        try:
-            for attempt in range(1, self.attempts + 1):
-                outcome.attempts = attempt
-                try:
-                    channel(record)
-                except Exception as exc:  # any failure is retried, then reported, never raised
-                    outcome.error = scrub(_reason(exc), secrets)
-                else:
-                    outcome.ok, outcome.error = True, None
-                    logger.info("alert %s delivered via %s", record.get("kind"), outcome.channel)
-                    return
-                if attempt < self.attempts:
-                    delay = self.backoff_seconds * 2 ** (attempt - 1)
-                    logger.warning("alert %s: delivery via %s failed (attempt %d of %d): %s; "
-                                   "retrying in %.2g s", record.get("kind"), outcome.channel,
-                                   attempt, self.attempts, outcome.error, delay)
-                    time.sleep(delay)
-            logger.error("alert %s: delivery via %s failed after %d attempts: %s",
-                         record.get("kind"), outcome.channel, self.attempts, outcome.error)
-        finally:
-            with self._lock:
-                self._pending.discard(threading.current_thread())

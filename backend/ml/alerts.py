@@ -19,7 +19,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from backend.ml.alert_channels import Channel, Delivery, Dispatcher, channels_from_settings
+from backend.ml.alert_channels import Channel, channels_from_settings
+from backend.ml.alert_delivery import Delivery, Dispatcher
 from backend.ml.config import Settings
 from backend.ml.fsio import LockTimeout, atomic_write_json, file_lock, read_json
 from backend.ml.history import History

@@ -206,6 +206,7 @@ def test_timeline_shows_retrains_rollbacks_and_alerts(make_client: ClientFactory
     assert "3 attempts failed" in alert["detail"]
     retrain = next(e for e in events if e["kind"] == "retrain")
     assert "run-retrain" in retrain["detail"] and "kept as candidate" in retrain["detail"]
+    assert retrain["detail"].count("0.5000") == 1  # the decision names the score once
 
 
 def test_timeline_of_an_unknown_model_is_a_404_envelope(shared_client: TestClient) -> None:

@@ -189,7 +189,7 @@ def test_a_failed_model_mails_once_then_cools_down_and_a_dead_server_stops_nothi
     assert down.store.aliases(HEALTHY)["production"] == "v0001"
     assert down.store.load(HEALTHY)[0] is not None
     channel = f"email (127.0.0.1:{smtp.port} -> {RECIPIENT})"
-    failures = [r for r in caplog.records if r.name == "backend.ml.alert_channels"
+    failures = [r for r in caplog.records if r.name == "backend.ml.alert_delivery"
                 and f"alert {alert['kind']}: delivery via {channel}" in r.getMessage()]
     assert [r.levelname for r in failures] == ["WARNING", "WARNING", "ERROR"]
     assert "failed after 3 attempts: ConnectionRefusedError" in failures[-1].getMessage()
@@ -264,7 +264,7 @@ def test_failing_deliveries_are_bounded_and_never_log_a_secret(
     assert hook_outcome.line() == (f"webhook (http://127.0.0.1:{webhook.server.server_port}):"
                                    " failed after 3 attempts: HTTP 500: no such hook /***")
     errors = [r.getMessage() for r in caplog.records
-              if r.levelno == logging.ERROR and r.name == "backend.ml.alert_channels"]
+              if r.levelno == logging.ERROR and r.name == "backend.ml.alert_delivery"]
     assert len(errors) == 2 and all("failed after 3 attempts" in e for e in errors)
     # Everything our side logged (aiosmtpd, the test's server, logs to "mail.log").
     logged = "\n".join(r.getMessage() for r in caplog.records if r.name != "mail.log")

@@ -191,7 +191,7 @@ def retrain_events(services: Services, name: str, limit: int) -> list[dict[str, 
                    str(detail.get("decision") or f"{scored}, {run.get('status')}"))
         events.append({"time": run.get("timestamp"), "kind": "retrain",
                        "version": detail.get("version"),
-                       "detail": f"run {run.get('run_id')}: {scored}{outcome}"})
+                       "detail": f"run {run.get('run_id')}: {outcome}"})
     return events
 
 
