@@ -111,6 +111,8 @@ class StatusData(BaseModel):
     lease_holder: str | None = Field(description="Who holds the scheduler lease, e.g. "
                                                  "`pid=123 host=x`.")
     progress: Progress | None
+    api_key_required: bool = Field(description="Trigger and rollback need "
+                                               "`Authorization: Bearer <ML_API_KEY>`.")
     served_by: int = Field(description="Process id of the worker that answered.")
 
 

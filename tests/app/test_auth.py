@@ -49,3 +49,11 @@ def test_reading_and_predicting_need_no_key(client: TestClient, small_db: str) -
 
 def test_without_a_key_configured_mutations_are_open(make_client: ClientFactory) -> None:
     ok(make_client().post(MUTATING[0]))
+
+
+def test_the_status_says_whether_a_key_is_needed(client: TestClient,
+                                                 shared_client: TestClient) -> None:
+    """The dashboard asks for the key before acting when this is true."""
+    assert ok(client.get("/ml/training/status"))["api_key_required"] is True
+    assert ok(shared_client.get("/ml/training/status"))["api_key_required"] is False
+    assert API_KEY not in client.get("/ml/training/status").text

@@ -26,6 +26,7 @@ class Server:
     def __init__(self, tmp: Path, db_url: str, *, workers: int, **env: str) -> None:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
+        self.root, self.db_url = tmp, db_url
         self.logs_dir = tmp / "logs"
         full_env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "DATABASE_URL": db_url,
                     "MODELS_DIR": str(tmp / "models"), "LOGS_DIR": str(self.logs_dir),

@@ -191,3 +191,37 @@ def test_an_unreachable_api_shows_a_banner_until_it_answers(server: Server,
     # the browser reports each refused request; nothing else may go wrong
     assert [p for p in problems if "net::ERR_FAILED" not in p] == []
     page.close()
+
+
+def test_with_an_api_key_the_page_asks_for_it_before_rolling_back(
+        server: Server, browser: Browser) -> None:
+    """A second server on the same state, with ML_API_KEY: the page knows from the status
+    that a key is needed, asks before sending anything, and says so when it is refused."""
+    keyed = Server(server.root, server.db_url, workers=1, SCHEDULER_ENABLED="false",
+                   ML_API_KEY="dashboard-key-42")
+    keyed.wait_ready()
+    try:
+        name, aliases = next((n, a) for n in MODEL_NAMES
+                             if (a := api(keyed, f"/ml/models/{n}/versions")["aliases"])
+                             ["previous"] is not None)
+        page, problems = open_page(browser, keyed, DESKTOP)
+        card = page.locator(f"#model-{name}")
+        card.locator(".model-head").click()
+        card.locator("[data-action=rollback]").click()
+        card.locator("[data-action=confirm-rollback]").click()
+        dialog = page.locator("#key-dialog")
+        expect(dialog).to_be_visible()
+        page.locator("#key-input").fill("not-the-key")
+        dialog.locator("button[value=ok]").click()
+        expect(page.locator("#key-why")).to_contain_text("refused")
+        assert api(keyed, f"/ml/models/{name}/versions")["aliases"] == aliases
+        page.locator("#key-input").fill("dashboard-key-42")
+        dialog.locator("button[value=ok]").click()
+        expect(card.locator(".message")).to_contain_text("Rolled back")
+        assert api(keyed, f"/ml/models/{name}/versions")["aliases"]["production"] == \
+            aliases["previous"]
+        # the refused key is the only error the browser reports (its own network log)
+        assert [p for p in problems if "401" not in p] == [], problems
+        page.close()
+    finally:
+        keyed.stop()

@@ -73,7 +73,8 @@ def training_status(settings: SettingsDep, services: ServicesDep, runner: Runner
                            "last_training_time": stats.get("last_training"), "stats": stats},
         "next_run": view.get("next_run"), "next_check": view.get("next_check"),
         "last_check": last_check, "lease_holder": view.get("lease_holder"),
-        "progress": progress, "served_by": os.getpid()}))
+        "progress": progress, "api_key_required": bool(settings.ML_API_KEY),
+        "served_by": os.getpid()}))
 
 
 @router.post(

@@ -70,8 +70,19 @@
     });
   }
 
+  /* Set from the status (api_key_required): ask for the key before the first request
+     instead of sending one the service is known to refuse. */
+  Dash.keyRequired = false;
+
   Dash.authed = function authed(path, options) {
     var key = storedKey();
+    if (!key && Dash.keyRequired) {
+      return askKey(false).then(function (typed) {
+        if (!typed) throw new ApiError(401, 'no API key given, so nothing was done');
+        storeKey(typed);
+        return authed(path, options);
+      });
+    }
     return Dash.api(path, Object.assign({}, options, { key: key })).catch(function (err) {
       if (err.status !== 401 && err.status !== 403) throw err;
       return askKey(Boolean(key)).then(function (typed) {

@@ -69,6 +69,7 @@
 
   function renderStatus(status) {
     var stats = status.trainer_status.stats;
+    Dash.keyRequired = Boolean(status.api_key_required);
     ui.training = status.trainer_status.is_training;
     fill($('run-state'), ui.training ? 'Training' : 'Idle');
     $('run-state').className = 'badge ' + (ui.training ? 'state-retraining' : 'state-idle');
