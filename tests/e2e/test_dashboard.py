@@ -104,6 +104,13 @@ def api(server: Server, path: str) -> Any:
     return response.json()["data"]
 
 
+def model_with_a_previous_version(server: Server) -> tuple[str, dict[str, Any]]:
+    """The first model a rollback can act on, with its aliases."""
+    return next((n, a) for n in MODEL_NAMES
+                if (a := api(server, f"/ml/models/{n}/versions")["aliases"])
+                ["previous"] is not None)
+
+
 def test_page_shows_the_17_models_in_their_groups(server: Server, browser: Browser) -> None:
     page, problems = open_page(browser, server, DESKTOP)
     cards = page.locator("article.model")
@@ -139,9 +146,7 @@ def test_train_now_then_roll_back_with_confirmation(server: Server, browser: Bro
     expect(page.locator("#history-rows tr").first).to_contain_text("manual")
 
     # a model the new run promoted has a previous version to go back to
-    name, aliases = next((n, a) for n in MODEL_NAMES
-                         if (a := api(server, f"/ml/models/{n}/versions")["aliases"])
-                         ["previous"] is not None)
+    name, aliases = model_with_a_previous_version(server)
     card = page.locator(f"#model-{name}")
     version = card.locator(".model-facts dd").first
     expect(version).to_contain_text(aliases["production"])
@@ -201,9 +206,7 @@ def test_with_an_api_key_the_page_asks_for_it_before_rolling_back(
                    ML_API_KEY="dashboard-key-42")
     keyed.wait_ready()
     try:
-        name, aliases = next((n, a) for n in MODEL_NAMES
-                             if (a := api(keyed, f"/ml/models/{n}/versions")["aliases"])
-                             ["previous"] is not None)
+        name, aliases = model_with_a_previous_version(keyed)
         page, problems = open_page(browser, keyed, DESKTOP)
         card = page.locator(f"#model-{name}")
         card.locator(".model-head").click()

@@ -74,24 +74,24 @@
      instead of sending one the service is known to refuse. */
   Dash.keyRequired = false;
 
-  Dash.authed = function authed(path, options) {
+  /* Ask for the key (again, when `refused`), keep it, and send the request with it. */
+  function askThenRetry(path, options, refused, status) {
+    return askKey(refused).then(function (typed) {
+      if (!typed) throw new ApiError(status, 'no API key given, so nothing was done');
+      storeKey(typed);
+      return authed(path, options);
+    });
+  }
+
+  function authed(path, options) {
     var key = storedKey();
-    if (!key && Dash.keyRequired) {
-      return askKey(false).then(function (typed) {
-        if (!typed) throw new ApiError(401, 'no API key given, so nothing was done');
-        storeKey(typed);
-        return authed(path, options);
-      });
-    }
+    if (!key && Dash.keyRequired) return askThenRetry(path, options, false, 401);
     return Dash.api(path, Object.assign({}, options, { key: key })).catch(function (err) {
       if (err.status !== 401 && err.status !== 403) throw err;
-      return askKey(Boolean(key)).then(function (typed) {
-        if (!typed) throw new ApiError(err.status, 'no API key given, so nothing was done');
-        storeKey(typed);
-        return authed(path, options);
-      });
+      return askThenRetry(path, options, Boolean(key), err.status);
     });
-  };
+  }
+  Dash.authed = authed;
 
   document.addEventListener('DOMContentLoaded', function () {
     Dash.$('key-cancel').addEventListener('click', function () { Dash.$('key-dialog').close('cancel'); });
