@@ -36,16 +36,16 @@ from fastapi.testclient import TestClient
 from history_bench import training  # same folder: a daily run with 17-model details
 
 from backend.app.main import create_app
-from backend.ml import specs
 from backend.ml.config import Settings, get_settings
-from backend.ml.history import DEFAULT_LIMITS, History
-from backend.ml.runner import Runner, Services
+from backend.ml.fleet import specs
+from backend.ml.history.document import DEFAULT_LIMITS, History
+from backend.ml.runs.runner import Runner, Services
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def check(rng: random.Random, when: datetime) -> dict[str, Any]:
-    """A check entry in the shape `backend.ml.monitor` writes."""
+    """A check entry in the shape `backend.ml.monitoring.check` writes."""
     models = {}
     for name in specs.MODEL_NAMES:
         live = round(rng.uniform(0.6, 0.9), 4)

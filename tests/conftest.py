@@ -11,7 +11,9 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from backend.ml import data, datagen, specs, trainer
+from backend.ml.data import loading, synthetic
+from backend.ml.fleet import specs
+from backend.ml.training import trainer
 
 SMALL_DAYS = 300
 SMALL_END = date(2026, 10, 31)
@@ -23,7 +25,7 @@ def make_database(path: Path, *, days: int = SMALL_DAYS, end: date = SMALL_END,
                   seed: int = 42) -> str:
     """A generated SQLite database file; returns its URL."""
     url = f"sqlite:///{path}"
-    datagen.init_db(data.writable_engine(url), days=days, end=end, seed=seed)
+    synthetic.init_db(loading.writable_engine(url), days=days, end=end, seed=seed)
     return url
 
 
@@ -56,7 +58,7 @@ def small_db(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 @pytest.fixture(scope="session")
 def small_tables(small_db: str) -> dict[str, object]:
-    return trainer.load_tables(data.readonly_engine(small_db), specs.SPECS.values())
+    return trainer.load_tables(loading.readonly_engine(small_db), specs.SPECS.values())
 
 
 @pytest.fixture(scope="session")

@@ -21,10 +21,10 @@ from pydantic import BeforeValidator
 from sklearn.pipeline import Pipeline
 
 from backend.app.errors import validation_error
-from backend.ml import specs
 from backend.ml.config import Settings
-from backend.ml.runner import Runner, Services
-from backend.ml.specs import MODEL_NAMES, ModelSpec, UnknownModelError
+from backend.ml.fleet import specs
+from backend.ml.fleet.specs import MODEL_NAMES, ModelSpec, UnknownModelError
+from backend.ml.runs.runner import Runner, Services
 
 Meta = dict[str, Any]
 

@@ -30,9 +30,9 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from backend.ml.runner import RunInProgressError
-from backend.ml.specs import UnknownModelError
-from backend.ml.store import StoreError, UnknownVersionError
+from backend.ml.fleet.specs import UnknownModelError
+from backend.ml.registry.store import StoreError, UnknownVersionError
+from backend.ml.runs.runner import RunInProgressError
 
 logger = logging.getLogger("backend.app")
 MAX_REPORTED = 10

@@ -26,11 +26,11 @@ from backend.app.routes import api_router
 from backend.app.routes.dashboard import STATIC_DIR
 from backend.app.schemas import error_responses
 from backend.ml.config import Settings, describe_invalid, get_settings
-from backend.ml.data import describe_url
+from backend.ml.data.loading import describe_url
 from backend.ml.logsetup import configure_logging
-from backend.ml.monitor import Monitor
-from backend.ml.runner import Runner, Services
-from backend.ml.scheduler import TrainingScheduler
+from backend.ml.monitoring.check import Monitor
+from backend.ml.runs.runner import Runner, Services
+from backend.ml.runs.scheduler import TrainingScheduler
 
 logger = logging.getLogger("backend.app")
 VERSION = "0.1.0"

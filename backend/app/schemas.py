@@ -13,7 +13,7 @@ from typing import Any, Generic, Literal, TypeVar, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from backend.ml.history import STATUSES
+from backend.ml.history.document import STATUSES
 
 T = TypeVar("T")
 VERSION_PATTERN = r"^v[0-9]{4,}$"

@@ -17,12 +17,13 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from backend.ml import data, datagen, specs
 from backend.ml.config import Settings, describe_invalid, get_settings
+from backend.ml.data import loading, schema, synthetic
+from backend.ml.fleet import specs
 from backend.ml.fsio import LockTimeout
-from backend.ml.history import HistoryWriteError
-from backend.ml.runner import RunInProgressError, Runner, Services
-from backend.ml.store import StoreError
+from backend.ml.history.document import HistoryWriteError
+from backend.ml.registry.store import StoreError
+from backend.ml.runs.runner import RunInProgressError, Runner, Services
 
 EXIT_FAILED_RUN = 1
 EXIT_USAGE = 2
@@ -53,20 +54,20 @@ def _progress_printer(total: int, *, stream: Any = sys.stderr) -> Callable[[Any]
 
 
 def cmd_init_db(args: argparse.Namespace, settings: Settings) -> int:
-    path = data.sqlite_path(settings.DATABASE_URL)
+    path = loading.sqlite_path(settings.DATABASE_URL)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-    engine = data.writable_engine(settings.DATABASE_URL)
-    if args.if_missing and datagen.database_has_data(engine):
-        print(f"database {data.describe_url(settings.DATABASE_URL)} already has data; "
+    engine = loading.writable_engine(settings.DATABASE_URL)
+    if args.if_missing and synthetic.database_has_data(engine):
+        print(f"database {loading.describe_url(settings.DATABASE_URL)} already has data; "
               "leaving it as it is")
         return 0
     started = time.perf_counter()
     end = date.fromisoformat(args.end) if args.end else None
-    counts = datagen.init_db(engine, days=args.days, seed=args.seed, force=args.force, end=end,
+    counts = synthetic.init_db(engine, days=args.days, seed=args.seed, force=args.force, end=end,
                              shipments_per_day=args.shipments_per_day,
                              progress=lambda t, n: print(f"  {t}: {n:,} rows", flush=True))
-    print(f"created {data.describe_url(settings.DATABASE_URL)}: {sum(counts.values()):,} rows "
+    print(f"created {loading.describe_url(settings.DATABASE_URL)}: {sum(counts.values()):,} rows "
           f"in {time.perf_counter() - started:.1f}s")
     return 0
 
@@ -75,12 +76,12 @@ def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
     if args.days < 1:
         raise CommandError("--days must be at least 1")
     if args.drift:
-        datagen.get_scenario(args.drift)
-    engine = data.writable_engine(settings.DATABASE_URL)
-    counts = datagen.simulate(engine, days=args.days, seed=args.seed, scenario=args.drift)
+        synthetic.get_scenario(args.drift)
+    engine = loading.writable_engine(settings.DATABASE_URL)
+    counts = synthetic.simulate(engine, days=args.days, seed=args.seed, scenario=args.drift)
     note = ""
     if args.drift:
-        scenario = datagen.get_scenario(args.drift)
+        scenario = synthetic.get_scenario(args.drift)
         note = f" under {scenario.name} ({scenario.description}); hurts " + ", ".join(
             scenario.hurts)
     print(f"appended {args.days} day(s){note}: " + ", ".join(
@@ -92,7 +93,7 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     names = specs.parse_names(args.models)
     options = {}
     if args.options:
-        from backend.ml.trainer import TrainOptions
+        from backend.ml.training.trainer import TrainOptions
 
         options = {name: TrainOptions(**fields)
                    for name, fields in json.loads(args.options).items()}
@@ -153,7 +154,7 @@ def cmd_rollback(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_restore(args: argparse.Namespace, settings: Settings) -> int:
-    from backend.ml.backups import restore_backup
+    from backend.ml.registry.backups import restore_backup
 
     path = Path(args.backup)
     if not path.is_absolute():
@@ -165,7 +166,7 @@ def cmd_restore(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_backups(args: argparse.Namespace, settings: Settings) -> int:
-    from backend.ml.backups import list_backups
+    from backend.ml.registry.backups import list_backups
 
     for backup in list_backups(settings.LOGS_DIR):
         print(json.dumps(backup, default=str))
@@ -195,7 +196,7 @@ def cmd_check(args: argparse.Namespace, settings: Settings) -> int:
     """One check now, as the scheduler runs it every PERFORMANCE_CHECK_INTERVAL seconds
     (degraded models are retrained)."""
     from backend.ml.logsetup import configure_logging
-    from backend.ml.monitor import Monitor
+    from backend.ml.monitoring.check import Monitor
 
     configure_logging(settings.LOGS_DIR, console=False)
     entry = Monitor(Runner(Services.from_settings(settings))).run_check()
@@ -243,8 +244,8 @@ def cmd_scheduler(args: argparse.Namespace, settings: Settings) -> int:
     import threading
 
     from backend.ml.logsetup import configure_logging
-    from backend.ml.monitor import Monitor
-    from backend.ml.scheduler import TrainingScheduler
+    from backend.ml.monitoring.check import Monitor
+    from backend.ml.runs.scheduler import TrainingScheduler
 
     log_file = configure_logging(settings.LOGS_DIR)
     runner = Runner(Services.from_settings(settings), isolated=True)
@@ -262,7 +263,7 @@ def cmd_scheduler(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
-    from backend.ml import bench
+    from backend.ml.training import bench
 
     return bench.main(args, settings)
 
@@ -276,7 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--days", type=int, default=730, help="days of history (default 730)")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--end", help="last day YYYY-MM-DD (default yesterday)")
-    p.add_argument("--shipments-per-day", type=int, default=datagen.SHIPMENTS_PER_DAY)
+    p.add_argument("--shipments-per-day", type=int, default=synthetic.SHIPMENTS_PER_DAY)
     p.add_argument("--force", action="store_true", help="replace a database that has data")
     p.add_argument("--if-missing", action="store_true",
                    help="do nothing when the database already has data")
@@ -284,7 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("simulate", help="append days after the newest row (tomorrow's data)")
     p.add_argument("--days", type=int, required=True)
-    p.add_argument("--drift", choices=sorted(datagen.SCENARIOS), help="a drift scenario")
+    p.add_argument("--drift", choices=sorted(synthetic.SCENARIOS), help="a drift scenario")
     p.add_argument("--seed", type=int, default=42)
     p.set_defaults(func=cmd_simulate)
 
@@ -355,8 +356,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         result: int = args.func(args, settings)
         return result
-    except (CommandError, specs.UnknownModelError, data.DataError, ValueError,
-            datagen.DatabaseExistsError, StoreError, RunInProgressError, HistoryWriteError,
+    except (CommandError, specs.UnknownModelError, schema.DataError, ValueError,
+            synthetic.DatabaseExistsError, StoreError, RunInProgressError, HistoryWriteError,
             LockTimeout) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE

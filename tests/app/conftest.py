@@ -16,14 +16,14 @@ from fastapi.testclient import TestClient
 
 from backend.app.main import create_app
 from backend.ml.config import Settings, get_settings
-from backend.ml.runner import Runner, Services
+from backend.ml.runs.runner import Runner, Services
 
 # Fast to fit on the small database; one of each task (regression, classification,
 # anomaly); supplier_performance is trained twice so it has a previous version.
 TRAINED = ["scenario_analysis", "decision_support", "predictive_maintenance",
            "supplier_performance", "anomaly_detection"]
 API_KEY = "test-key-0123456789"
-# One check entry in the shape backend.ml.monitor writes.
+# One check entry in the shape backend.ml.monitoring.check writes.
 CHECK = {
     "check_id": "check-20261101T030000Z-ab12", "timestamp": "2026-11-01T03:00:00+00:00",
     "models": {

@@ -12,10 +12,10 @@ from fastapi.testclient import TestClient
 
 from backend.app.routes.dashboard import STATIC_DIR
 from backend.ml.config import Settings
+from backend.ml.fleet.specs import MODEL_NAMES
 from backend.ml.fsio import atomic_write_json, file_lock
-from backend.ml.monitor import STATE_FILE
-from backend.ml.runner import Services
-from backend.ml.specs import MODEL_NAMES
+from backend.ml.monitoring.check import STATE_FILE
+from backend.ml.runs.runner import Services
 from tests.app.conftest import CHECK, TRAINED, ClientFactory, app_settings, error, ok
 
 ROLLBACK = "supplier_performance"  # trained twice: v0002 production, v0001 previous

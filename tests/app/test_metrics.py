@@ -18,12 +18,12 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
 from backend.app.deps import get_services
-from backend.app.metrics import DURATION_BUCKETS
+from backend.app.prometheus import DURATION_BUCKETS
+from backend.ml.fleet.specs import MODEL_NAMES
 from backend.ml.fsio import atomic_write_json, file_lock
-from backend.ml.history import History
-from backend.ml.monitor import STATE_FILE
-from backend.ml.runner import Runner, Services
-from backend.ml.specs import MODEL_NAMES
+from backend.ml.history.document import History
+from backend.ml.monitoring.check import STATE_FILE
+from backend.ml.runs.runner import Runner, Services
 from tests.app.conftest import TRAINED, ClientFactory, app_settings, ok, settings_for
 
 Families = dict[str, Metric]

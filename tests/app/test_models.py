@@ -14,8 +14,10 @@ from fastapi.testclient import TestClient
 from threadpoolctl import threadpool_limits
 
 from backend.app.deps import EstimatorCache
-from backend.ml import data, specs, trainer
-from backend.ml.specs import MODEL_NAMES
+from backend.ml.data import loading
+from backend.ml.fleet import specs
+from backend.ml.fleet.specs import MODEL_NAMES
+from backend.ml.training import trainer
 from tests.app.conftest import CHECK, TRAINED, ClientFactory, app_settings, error, ok
 
 ROLLBACK = "supplier_performance"  # trained twice: v0002 production, v0001 previous
@@ -23,7 +25,7 @@ ROLLBACK = "supplier_performance"  # trained twice: v0002 production, v0001 prev
 
 @functools.lru_cache(maxsize=8)
 def table(database_url: str, name: str) -> pd.DataFrame:
-    return data.load_table(data.readonly_engine(database_url), name)
+    return loading.load_table(loading.readonly_engine(database_url), name)
 
 
 def records(database_url: str, name: str, n: int = 5) -> list[dict[str, Any]]:

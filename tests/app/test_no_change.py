@@ -7,7 +7,7 @@ from typing import Any
 
 from fastapi.testclient import TestClient
 
-from backend.ml.specs import get_spec
+from backend.ml.fleet.specs import get_spec
 from tests.app.conftest import API_KEY, ClientFactory, app_settings
 from tests.app.test_models import ROLLBACK
 

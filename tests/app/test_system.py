@@ -15,7 +15,7 @@ from backend.app.deps import get_services
 from backend.app.main import create_app
 from backend.ml.config import Settings, get_settings
 from backend.ml.fsio import lock_holder
-from backend.ml.history import History
+from backend.ml.history.document import History
 from backend.ml.logsetup import LOG_FILE_NAME, configure_logging
 from tests.app.conftest import (
     ClientFactory,

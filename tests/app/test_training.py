@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from backend.ml.fleet.specs import MODEL_NAMES
 from backend.ml.fsio import file_lock
-from backend.ml.specs import MODEL_NAMES
 from tests.app.conftest import CHECK, TRAINED, ClientFactory, app_settings, error, ok
 
 GUIDE_STATS = {"total_trainings", "successful_trainings", "success_rate",

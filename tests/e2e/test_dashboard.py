@@ -13,10 +13,11 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
-from backend.ml import data, datagen, monitor
 from backend.ml.config import REPO_ROOT, Settings
-from backend.ml.runner import Runner, Services
-from backend.ml.specs import GROUPS, MODEL_NAMES
+from backend.ml.data import loading, synthetic
+from backend.ml.fleet.specs import GROUPS, MODEL_NAMES
+from backend.ml.monitoring import check as monitor
+from backend.ml.runs.runner import Runner, Services
 from tests.e2e.servers import Server
 
 pytestmark = pytest.mark.slow
@@ -56,7 +57,7 @@ def server(small_db: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     20 fresh days (so cards show live scores and drift). The database is copied because
     the check needs rows appended and the session's database is shared."""
     root = tmp_path_factory.mktemp("dashboard")
-    source = data.sqlite_path(small_db)
+    source = loading.sqlite_path(small_db)
     assert source is not None
     shutil.copyfile(source, root / "logistics.db")
     url = f"sqlite:///{root / 'logistics.db'}"
@@ -64,7 +65,7 @@ def server(small_db: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
                         TRAINING_N_JOBS=2, SCHEDULER_ENABLED=False)
     runner = Runner(Services.from_settings(settings))
     assert runner.run(actor="cli")["status"] == "success"
-    datagen.simulate(data.writable_engine(url), days=20)
+    synthetic.simulate(loading.writable_engine(url), days=20)
     monitor.run_check(runner, backoff_seconds=0)
     server = Server(root, url, workers=1, SCHEDULER_ENABLED="false")
     server.wait_ready()

@@ -13,8 +13,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from backend.ml import specs
-from backend.ml.history import History
+from backend.ml.fleet import specs
+from backend.ml.history.document import History
 from tests.e2e.servers import Server
 
 pytestmark = pytest.mark.slow

@@ -23,11 +23,11 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult
 
 from backend.ml import cli
-from backend.ml.alerts import COOLDOWN_FILE, Alerts
+from backend.ml.alerts.service import COOLDOWN_FILE, Alerts
 from backend.ml.config import REPO_ROOT, Settings, get_settings
-from backend.ml.history import History
-from backend.ml.runner import Runner, Services
-from backend.ml.trainer import TrainOptions
+from backend.ml.history.document import History
+from backend.ml.runs.runner import Runner, Services
+from backend.ml.training.trainer import TrainOptions
 
 FAILING = "scenario_analysis"
 HEALTHY = "decision_support"
@@ -189,7 +189,7 @@ def test_a_failed_model_mails_once_then_cools_down_and_a_dead_server_stops_nothi
     assert down.store.aliases(HEALTHY)["production"] == "v0001"
     assert down.store.load(HEALTHY)[0] is not None
     channel = f"email (127.0.0.1:{smtp.port} -> {RECIPIENT})"
-    failures = [r for r in caplog.records if r.name == "backend.ml.alert_delivery"
+    failures = [r for r in caplog.records if r.name == "backend.ml.alerts.delivery"
                 and f"alert {alert['kind']}: delivery via {channel}" in r.getMessage()]
     assert [r.levelname for r in failures] == ["WARNING", "WARNING", "ERROR"]
     assert "failed after 3 attempts: ConnectionRefusedError" in failures[-1].getMessage()
@@ -264,7 +264,7 @@ def test_failing_deliveries_are_bounded_and_never_log_a_secret(
     assert hook_outcome.line() == (f"webhook (http://127.0.0.1:{webhook.server.server_port}):"
                                    " failed after 3 attempts: HTTP 500: no such hook /***")
     errors = [r.getMessage() for r in caplog.records
-              if r.levelno == logging.ERROR and r.name == "backend.ml.alert_delivery"]
+              if r.levelno == logging.ERROR and r.name == "backend.ml.alerts.delivery"]
     assert len(errors) == 2 and all("failed after 3 attempts" in e for e in errors)
     # Everything our side logged (aiosmtpd, the test's server, logs to "mail.log").
     logged = "\n".join(r.getMessage() for r in caplog.records if r.name != "mail.log")
@@ -286,7 +286,7 @@ def test_the_cooldown_is_shared_by_processes_and_survives_a_corrupt_file(
     assert scheduler.alerts.notify("error", "training_failed", "two", model="x") is None
     assert scheduler.alerts.notify("error", "training_failed", "other", model="y") is not None
     code = ("from backend.ml.config import get_settings\n"
-            "from backend.ml.runner import Services\n"
+            "from backend.ml.runs.runner import Services\n"
             "print(Services.from_settings(get_settings()).alerts.notify("
             "'error', 'training_failed', 'three', model='x'))")
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "LOGS_DIR": str(settings.LOGS_DIR),

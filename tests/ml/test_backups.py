@@ -13,7 +13,8 @@ import pytest
 from cryptography.fernet import Fernet
 from sklearn.pipeline import Pipeline
 
-from backend.ml.backups import (
+from backend.ml.history.document import History
+from backend.ml.registry.backups import (
     BackupError,
     backup_production,
     list_backups,
@@ -21,8 +22,7 @@ from backend.ml.backups import (
     rebuild_history,
     restore_backup,
 )
-from backend.ml.history import History
-from backend.ml.store import ModelStore, StoreError
+from backend.ml.registry.store import ModelStore, StoreError
 from tests.ml.test_store import NAME, fit, flip_byte, predict, result
 
 OTHER = "supplier_performance"  # a second model, in another group

@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from backend.ml import history as history_module
-from backend.ml.history import History, HistoryPermissionError, HistoryWriteError
+from backend.ml.history.document import History, HistoryPermissionError, HistoryWriteError
+from backend.ml.history import document as history_module
 
 
 def run(run_id: str, ts: str, status: str = "success", *, scores: dict[str, float] | None = None,

@@ -8,10 +8,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from backend.ml import data, datagen, specs, trainer
 from backend.ml.config import Settings
-from backend.ml.monitor import Monitor, declining_by, drift_report, psi
-from backend.ml.runner import Runner, Services
+from backend.ml.data import loading, synthetic
+from backend.ml.fleet import specs
+from backend.ml.monitoring.check import Monitor, declining_by, drift_report, psi
+from backend.ml.runs.runner import Runner, Services
+from backend.ml.training import trainer
 from tests.conftest import make_database
 
 
@@ -27,11 +29,11 @@ def setup(tmp_path: Path, days: int = 240, **extra: object) -> tuple[str, Runner
 def test_monsoon_drift_is_caught_retrained_recovered_and_promoted(tmp_path: Path) -> None:
     url, runner, monitor = setup(tmp_path)
     runner.run(models=["delay_prediction"], trigger="daily", actor="scheduler")
-    datagen.simulate(data.writable_engine(url), days=5)
+    synthetic.simulate(loading.writable_engine(url), days=5)
     calm = monitor.run_check()["models"]["delay_prediction"]
     assert calm["verdict"] == "healthy", calm
 
-    datagen.simulate(data.writable_engine(url), days=120, scenario="monsoon_disruption")
+    synthetic.simulate(loading.writable_engine(url), days=120, scenario="monsoon_disruption")
     entry = monitor.run_check()
     checked = entry["models"]["delay_prediction"]
     assert checked["verdict"] == "degraded" and checked["live_score"] < checked["threshold"]
@@ -57,7 +59,7 @@ def test_a_short_drift_is_recovered_by_learning_from_half_the_fresh_rows(
     fresh row would sit in the holdout and the retrain could not learn from any."""
     url, runner, monitor = setup(tmp_path)
     runner.run(models=["cost_prediction"])
-    datagen.simulate(data.writable_engine(url), days=10, scenario="fuel_price_shock")
+    synthetic.simulate(loading.writable_engine(url), days=10, scenario="fuel_price_shock")
     checked = monitor.run_check()["models"]["cost_prediction"]
     assert checked["verdict"] == "degraded", checked
     assert checked["retrain"]["recovered"] is True, checked
@@ -72,8 +74,8 @@ def test_a_model_that_cannot_recover_tries_three_ways_alerts_once_and_cools_down
         tmp_path: Path) -> None:
     url, runner, monitor = setup(tmp_path)
     runner.run(models=["scenario_analysis"])
-    engine = data.writable_engine(url)
-    datagen.simulate(engine, days=90)
+    engine = loading.writable_engine(url)
+    synthetic.simulate(engine, days=90)
     trained_until = runner.services.store.production_meta("scenario_analysis")["data_end"]
     with engine.begin() as conn:  # from here on the labels are noise
         conn.exec_driver_sql("UPDATE dispatch_decisions SET throughput_tonnes = "
@@ -118,12 +120,12 @@ def test_a_candidate_that_wins_k_checks_in_a_row_is_promoted(tmp_path: Path) -> 
                options={"scenario_analysis": trainer.TrainOptions(params={"max_iter": 3})})
     # A much better fit on the same data is saved as a candidate but not promoted yet.
     spec = specs.get_spec("scenario_analysis")
-    table = data.load_table(data.readonly_engine(url), spec.table)
+    table = loading.load_table(loading.readonly_engine(url), spec.table)
     better = trainer.train_one(spec, table, threshold=0.0)
     store.save(better, run_id="run-candidate")
-    engine = data.writable_engine(url)
+    engine = loading.writable_engine(url)
     for expected_wins in (1, 2):
-        datagen.simulate(engine, days=15, seed=expected_wins)
+        synthetic.simulate(engine, days=15, seed=expected_wins)
         checked = monitor.run_check()["models"]["scenario_analysis"]
         assert checked["verdict"] == "healthy"
         assert checked["ab"]["wins"] == expected_wins, checked

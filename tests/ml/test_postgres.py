@@ -6,17 +6,19 @@ from datetime import date
 
 import pytest
 
-from backend.ml import data, datagen, specs, trainer
+from backend.ml.data import loading, synthetic
+from backend.ml.fleet import specs
+from backend.ml.training import trainer
 from tests.conftest import thresholds_for
 
 pytestmark = pytest.mark.postgres
 
 
 def test_all_17_train_on_postgres(postgres_url: str) -> None:
-    counts = datagen.init_db(data.writable_engine(postgres_url), days=300,
+    counts = synthetic.init_db(loading.writable_engine(postgres_url), days=300,
                              end=date(2026, 10, 31))
     assert counts["shipments"] > 30_000
-    engine = data.readonly_engine(postgres_url)
+    engine = loading.readonly_engine(postgres_url)
     chosen = list(specs.SPECS.values())
     tables = trainer.load_tables(engine, chosen)
     results = trainer.train_many(chosen, tables, thresholds=thresholds_for(chosen), n_jobs=2)
@@ -24,5 +26,5 @@ def test_all_17_train_on_postgres(postgres_url: str) -> None:
     assert not failures
     for r in results:
         assert r.score > r.baseline, r.name
-    with pytest.raises(datagen.DatabaseExistsError):
-        datagen.init_db(data.writable_engine(postgres_url), days=3)
+    with pytest.raises(synthetic.DatabaseExistsError):
+        synthetic.init_db(loading.writable_engine(postgres_url), days=3)

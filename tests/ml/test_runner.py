@@ -13,11 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from backend.ml import data, datagen, specs, trainer
 from backend.ml.config import REPO_ROOT, Settings
+from backend.ml.data import loading, synthetic
+from backend.ml.fleet import specs
 from backend.ml.fsio import file_lock, lock_holder
-from backend.ml.history import History
-from backend.ml.runner import RunInProgressError, Runner, Services
+from backend.ml.history.document import History
+from backend.ml.runs.runner import RunInProgressError, Runner, Services
+from backend.ml.training import trainer
 from tests.conftest import make_database
 
 FAST = ["scenario_analysis", "decision_support", "predictive_maintenance"]
@@ -62,13 +64,13 @@ def test_worse_challenger_is_kept_as_candidate_and_rollback_restores(
     first = runner.run(models=["scenario_analysis"], actor="cli")
     assert first["promoted"] == ["scenario_analysis"]
     spec = specs.get_spec("scenario_analysis")
-    sample = data.load_table(data.readonly_engine(small_db), spec.table).tail(20)
+    sample = loading.load_table(loading.readonly_engine(small_db), spec.table).tail(20)
     good_predictions = services.store.load(spec.name)[0].predict(sample[list(spec.features)])
 
     # A challenger fitted on degraded data (labels shuffled) must not replace production.
     degraded = tmp_path / "degraded.db"
     make_database(degraded, days=300, seed=42)
-    engine = data.writable_engine(f"sqlite:///{degraded}")
+    engine = loading.writable_engine(f"sqlite:///{degraded}")
     with engine.begin() as conn:
         conn.exec_driver_sql("UPDATE dispatch_decisions SET throughput_tonnes = "
                              "(abs(random()) % 100000) / 10.0")
@@ -166,7 +168,7 @@ def test_kill_minus_nine_at_any_instant_leaves_everything_whole(tmp_path: Path) 
     # Half the kills at random times, half the instant a write is seen (saving,
     # registry moves, backups), so the saving phase is hit for sure.
     for attempt in range(12):
-        datagen.simulate(data.writable_engine(url), days=1, seed=attempt)
+        synthetic.simulate(loading.writable_engine(url), days=1, seed=attempt)
         before = {p: p.stat().st_mtime_ns for p in models_dir.rglob("*")}
         proc = train_process(settings, FAST)
         if attempt % 2 == 0:

@@ -13,8 +13,8 @@ import time_machine
 
 from backend.ml.config import Settings
 from backend.ml.fsio import file_lock
-from backend.ml.runner import RunInProgressError, Runner, Services
-from backend.ml.scheduler import TrainingScheduler, next_daily_time, previous_daily_time
+from backend.ml.runs.runner import RunInProgressError, Runner, Services
+from backend.ml.runs.scheduler import TrainingScheduler, next_daily_time, previous_daily_time
 
 
 class FakeRunner(Runner):

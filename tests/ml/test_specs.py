@@ -6,7 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from backend.ml import data, specs, trainer
+from backend.ml.data import schema
+from backend.ml.fleet import specs
+from backend.ml.training import trainer
 
 EXPECTED_NAMES = {
     "delay_prediction", "cost_prediction", "demand_forecasting", "quality_prediction",
@@ -52,12 +54,12 @@ def test_no_feature_is_an_outcome_an_id_or_derived_from_the_target(name: str) ->
             for source in sources:
                 if source.endswith("@lag"):
                     continue  # earlier rows only; checked by the perturbation test
-                assert data.column_role(spec.table, source) in ("context", "time"), (
+                assert schema.column_role(spec.table, source) in ("context", "time"), (
                     f"{feature} reads {source}")
-                assert not targets & ({source} | data.lineage(spec.table, source))
+                assert not targets & ({source} | schema.lineage(spec.table, source))
         else:
-            assert data.column_role(spec.table, feature) == "context", feature
-            assert not targets & data.lineage(spec.table, feature), feature
+            assert schema.column_role(spec.table, feature) == "context", feature
+            assert not targets & schema.lineage(spec.table, feature), feature
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -66,12 +68,12 @@ def test_features_do_not_move_when_outcomes_of_the_same_rows_change(
     """Scramble every outcome of the newest day: that day's features must not change."""
     spec = specs.get_spec(name)
     table = small_tables[spec.table]
-    tcol = data.time_column(spec.table)
+    tcol = schema.time_column(spec.table)
     newest_day = table[tcol].dt.normalize().max()
     rows = table[tcol] >= newest_day
     changed = table.copy()
     rng = np.random.default_rng(0)
-    for col in data.get_table(spec.table).columns:
+    for col in schema.get_table(spec.table).columns:
         if col.info["role"] == "outcome" and col.name in changed:
             if pd.api.types.is_numeric_dtype(changed[col.name]):
                 changed[col.name] = changed[col.name].astype(float)
@@ -96,7 +98,7 @@ def test_no_single_feature_gives_the_answer_away(name: str, trained: dict,
         pytest.skip("unsupervised: no single-feature fit to compare")
     labelled, _ = trainer.labelled_frame(spec, small_tables[spec.table])
     labelled = labelled.tail(6000)
-    train, holdout = trainer.time_split(labelled, data.time_column(spec.table))
+    train, holdout = trainer.time_split(labelled, schema.time_column(spec.table))
     full = trained[name].score
     for feature in spec.features:
         single = specs.ModelSpec(spec.name, spec.group, spec.table, (feature,), spec.target,

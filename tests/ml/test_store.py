@@ -12,9 +12,9 @@ import pandas as pd
 import pytest
 from sklearn.pipeline import Pipeline
 
-from backend.ml import specs
-from backend.ml.specs import UnknownModelError
-from backend.ml.store import (
+from backend.ml.fleet import specs
+from backend.ml.fleet.specs import UnknownModelError
+from backend.ml.registry.store import (
     ChecksumError,
     ModelStore,
     NoProductionModelError,
@@ -22,7 +22,7 @@ from backend.ml.store import (
     UnknownVersionError,
     promotion_decision,
 )
-from backend.ml.trainer import TrainResult
+from backend.ml.training.trainer import TrainResult
 
 NAME = "scenario_analysis"
 SPEC = specs.get_spec(NAME)

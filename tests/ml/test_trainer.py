@@ -6,8 +6,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from backend.ml import data, specs, trainer
-from backend.ml.results import summarize
+from backend.ml.data import schema
+from backend.ml.fleet import specs
+from backend.ml.training import trainer
+from backend.ml.training.results import summarize
 from tests.conftest import thresholds_for
 
 ALL = sorted(specs.SPECS)
@@ -29,8 +31,8 @@ def test_holdout_is_strictly_later_than_every_training_row(name: str, trained: d
                                                            small_tables: dict) -> None:
     spec = specs.get_spec(name)
     labelled, _ = trainer.labelled_frame(spec, small_tables[spec.table])
-    train, holdout = trainer.time_split(labelled, data.time_column(spec.table))
-    tcol = data.time_column(spec.table)
+    train, holdout = trainer.time_split(labelled, schema.time_column(spec.table))
+    tcol = schema.time_column(spec.table)
     assert train[tcol].max() < holdout[tcol].min()
     share = len(holdout) / len(labelled)
     assert 0.1 <= share <= 0.3 and train[tcol].is_monotonic_increasing

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from backend.app.deps import RunnerDep, SchedulerDep, ServicesDep, SettingsDep
-from backend.app.metrics import FleetCollector, exposition
+from backend.app.prometheus import FleetCollector, exposition
 
 router = APIRouter(tags=["system"])
 
@@ -16,6 +16,6 @@ router = APIRouter(tags=["system"])
 @router.get("/metrics", include_in_schema=False)
 def metrics(settings: SettingsDep, services: ServicesDep, runner: RunnerDep,
             scheduler: SchedulerDep) -> Response:
-    """The `ml_*` metrics, read from disk now (see `backend.app.metrics`)."""
+    """The `ml_*` metrics, read from disk now (see `backend.app.prometheus`)."""
     body = exposition(FleetCollector(settings, services, runner, scheduler))
     return Response(body, media_type=CONTENT_TYPE_LATEST)

@@ -38,13 +38,14 @@ from backend.app.schemas import (
     VersionList,
     error_responses,
 )
-from backend.ml import specs, trainer
 from backend.ml.config import Settings
-from backend.ml.history import parse_timestamp
-from backend.ml.monitor import read_state
-from backend.ml.runner import Runner, Services
-from backend.ml.specs import ModelSpec
-from backend.ml.store import NoProductionModelError, StoreError, UnknownVersionError
+from backend.ml.fleet import specs
+from backend.ml.fleet.specs import ModelSpec
+from backend.ml.history.document import parse_timestamp
+from backend.ml.monitoring.check import read_state
+from backend.ml.registry.store import NoProductionModelError, StoreError, UnknownVersionError
+from backend.ml.runs.runner import Runner, Services
+from backend.ml.training import trainer
 
 router = APIRouter(prefix="/ml/models", tags=["models"])
 BULKY = ("feature_stats",)

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Query, Request
 
 from backend.app.deps import ServicesDep, SettingsDep, Since
 from backend.app.schemas import AlertList, Envelope, HealthData, error_responses
-from backend.ml import data
+from backend.ml.data import loading
 
 router = APIRouter(tags=["system"])
 HEALTH_TTL_SECONDS = 10.0
@@ -29,9 +29,9 @@ def list_alerts(
 
 def probe_database(url: str) -> dict[str, Any]:
     """Can the business database be opened and asked `SELECT 1`? (read-only, 5 s timeout)"""
-    shown = data.describe_url(url)
+    shown = loading.describe_url(url)
     try:
-        engine = data.open_readonly(url)
+        engine = loading.open_readonly(url)
         try:
             with engine.connect() as conn:
                 conn.execute(sa.text("SELECT 1"))

@@ -34,8 +34,8 @@ from backend.app.schemas import (
 )
 from backend.ml.config import Settings
 from backend.ml.fsio import lock_holder
-from backend.ml.runner import RunInProgressError, new_run_id
-from backend.ml.scheduler import LEASE_FILE
+from backend.ml.runs.runner import RunInProgressError, new_run_id
+from backend.ml.runs.scheduler import LEASE_FILE
 
 logger = logging.getLogger("backend.app")
 router = APIRouter(prefix="/ml/training", tags=["training"])

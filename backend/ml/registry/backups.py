@@ -36,9 +36,9 @@ from uuid import uuid4
 
 from cryptography.fernet import Fernet, InvalidToken
 
+from backend.ml.fleet.specs import SPECS, UnknownModelError, get_spec
 from backend.ml.fsio import atomic_write_bytes, atomic_write_json, ensure_dir, read_json
-from backend.ml.specs import SPECS, UnknownModelError, get_spec
-from backend.ml.store import Meta, ModelStore, StoreError, sha256_hex
+from backend.ml.registry.store import Meta, ModelStore, StoreError, sha256_hex
 
 logger = logging.getLogger(__name__)
 

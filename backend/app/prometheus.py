@@ -30,12 +30,12 @@ from backend.app.deps import Scheduler
 from backend.app.routes.models import list_models
 from backend.app.routes.training import scheduler_view
 from backend.app.schemas import ModelSummary
-from backend.ml import specs
 from backend.ml.config import Settings
-from backend.ml.history import STATUSES, parse_timestamp
-from backend.ml.monitor import read_state
-from backend.ml.runner import Runner, Services
-from backend.ml.store import VERSION_RE
+from backend.ml.fleet import specs
+from backend.ml.history.document import STATUSES, parse_timestamp
+from backend.ml.monitoring.check import read_state
+from backend.ml.registry.store import VERSION_RE
+from backend.ml.runs.runner import Runner, Services
 
 # Upper bounds in whole seconds, for runs from a one-model retrain (seconds) to a full
 # cycle on a large database (up to two hours). Whole seconds because the history counts

@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from backend.ml.specs import GROUPS
-from backend.ml.trainer import TrainResult
+from backend.ml.fleet.specs import GROUPS
+from backend.ml.training.trainer import TrainResult
 
 
 def run_status(results: Sequence[TrainResult]) -> str:

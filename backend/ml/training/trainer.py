@@ -27,9 +27,9 @@ from sklearn.dummy import DummyClassifier, DummyRegressor
 from sklearn.pipeline import Pipeline
 from sqlalchemy.engine import Engine
 
-from backend.ml import data
-from backend.ml.metrics import get_metric, passes
-from backend.ml.specs import ModelSpec
+from backend.ml.data import loading, schema
+from backend.ml.fleet.scoring import get_metric, passes
+from backend.ml.fleet.specs import ModelSpec
 
 HOLDOUT_FRACTION = 0.2
 STRATEGIES = ("full", "recent_window", "recency_weighted", "search")
@@ -101,8 +101,8 @@ class TrainResult:
 
 def input_columns(spec: ModelSpec) -> list[str]:
     """The table columns a spec reads: its time column, raw features, sources, target."""
-    table = data.get_table(spec.table)
-    wanted = [data.time_column(spec.table)]
+    table = schema.get_table(spec.table)
+    wanted = [schema.time_column(spec.table)]
     for col in (*spec.features, spec.target):
         sources = spec.derived.get(col, (col,))
         wanted += [s.removesuffix("@lag") for s in sources]
@@ -120,7 +120,7 @@ def labelled_frame(spec: ModelSpec, table: pd.DataFrame) -> tuple[pd.DataFrame, 
     if absent:
         raise TrainingError(f"prepared data lacks column(s) {', '.join(absent)}")
     labelled = frame[frame[spec.target].notna()]
-    tcol = data.time_column(spec.table)
+    tcol = schema.time_column(spec.table)
     labelled = labelled.sort_values(tcol, kind="stable")
     return labelled, len(frame) - len(labelled)
 
@@ -218,7 +218,7 @@ def _fit(spec: ModelSpec, train: pd.DataFrame, options: TrainOptions,
     fit_kw: dict[str, Any] = {}
     if options.strategy == "recency_weighted":
         fit_kw["model__sample_weight"] = _sample_weight(
-            train[data.time_column(spec.table)], options.half_life_days or 60.0)
+            train[schema.time_column(spec.table)], options.half_life_days or 60.0)
     if spec.task == "anomaly":
         estimator.fit(X, **fit_kw)
     else:
@@ -228,7 +228,7 @@ def _fit(spec: ModelSpec, train: pd.DataFrame, options: TrainOptions,
 
 def _search(spec: ModelSpec, train: pd.DataFrame, options: TrainOptions) -> dict[str, Any]:
     """Pick the grid point that scores best on the latest slice of the training rows."""
-    inner_train, inner_valid = time_split(train, data.time_column(spec.table))
+    inner_train, inner_valid = time_split(train, schema.time_column(spec.table))
     if len(inner_train) < 2 or len(inner_valid) < 2:
         return dict(options.params)
     # The defaults are left out on purpose: the search is a retry's third attempt, after a
@@ -252,7 +252,7 @@ def train_one(spec: ModelSpec, table: pd.DataFrame, *, threshold: float,
                          strategy=options.strategy)
     try:
         labelled, result.rows_unlabelled = labelled_frame(spec, table)
-        tcol = data.time_column(spec.table)
+        tcol = schema.time_column(spec.table)
         if len(labelled) < spec.min_samples:
             raise TrainingError(f"{len(labelled)} labelled rows in {spec.table!r}; "
                                 f"{spec.name} needs at least {spec.min_samples}")
@@ -301,7 +301,7 @@ def tables_for(specs: Iterable[ModelSpec]) -> list[str]:
 
 def load_tables(engine: Engine, specs: Iterable[ModelSpec]) -> dict[str, pd.DataFrame]:
     """Each table the specs need, loaded once and shared by all of them."""
-    return {name: data.load_table(engine, name) for name in tables_for(specs)}
+    return {name: loading.load_table(engine, name) for name in tables_for(specs)}
 
 
 def train_many(specs: Sequence[ModelSpec], tables: Mapping[str, pd.DataFrame], *,

@@ -6,7 +6,7 @@ cooldown.
 does not bury the operator. Alerts come from several processes (API workers, the
 scheduler, training children), so the last time of each (kind, model) lives in a small
 JSON file under LOGS_DIR, read and written under a cross-process lock. Delivery (e-mail,
-webhook) runs in background threads: see `backend.ml.alert_channels`.
+webhook) runs in background threads: see `backend.ml.alerts.channels`.
 """
 
 from __future__ import annotations
@@ -19,13 +19,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from backend.ml.alert_channels import Channel, channels_from_settings
-from backend.ml.alert_delivery import Delivery, Dispatcher
+from backend.ml.alerts.channels import Channel, channels_from_settings
+from backend.ml.alerts.delivery import Delivery, Dispatcher
 from backend.ml.config import Settings
 from backend.ml.fsio import LockTimeout, atomic_write_json, file_lock, read_json
-from backend.ml.history import History
+from backend.ml.history.document import History
 
-logger = logging.getLogger("backend.ml.alerts")
+logger = logging.getLogger("backend.ml.alerts.service")
 LEVELS = {"info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR,
           "critical": logging.CRITICAL}
 COOLDOWN_FILE = "alert_cooldown.json"

@@ -20,7 +20,7 @@ import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from backend.ml import data
+from backend.ml.data import loading, schema
 
 MATERIALS = ["HR_COIL", "CR_COIL", "PLATE", "WIRE_ROD", "TMT_BAR", "BILLET", "PIG_IRON"]
 # destination: (route code, road km from Bokaro, has a rail siding)
@@ -435,7 +435,7 @@ def _scorecards(ctx: DayContext, world: World, rng: np.random.Generator,
                 last_labelled: pd.Timestamp) -> pd.DataFrame:
     months = pd.date_range(ctx.days[0], ctx.days[-1], freq="MS")
     if len(months) == 0:
-        return pd.DataFrame(columns=[c.name for c in data.supplier_scorecards.columns
+        return pd.DataFrame(columns=[c.name for c in schema.supplier_scorecards.columns
                                      if c.name != "id"])
     tr = world.transporters
     frames = []
@@ -538,11 +538,11 @@ class DatabaseExistsError(Exception):
 
 def database_has_data(engine: Engine) -> bool:
     inspector = sa.inspect(engine)
-    present = [t for t in data.TABLES if inspector.has_table(t)]
+    present = [t for t in schema.TABLES if inspector.has_table(t)]
     if not present:
         return False
     with engine.connect() as conn:
-        return any(conn.execute(sa.select(sa.func.count()).select_from(data.TABLES[t]))
+        return any(conn.execute(sa.select(sa.func.count()).select_from(schema.TABLES[t]))
                    .scalar() for t in present)
 
 
@@ -551,12 +551,12 @@ def write_tables(engine: Engine, tables: dict[str, pd.DataFrame], *,
     """Append frames to their tables in one transaction: all rows land, or none."""
     counts: dict[str, int] = {}
     with engine.begin() as conn:
-        data.metadata.create_all(conn)
+        schema.metadata.create_all(conn)
         for name, frame in tables.items():
             frame = frame.astype(object).where(frame.notna(), None)
             records = frame.to_dict("records")
             for i in range(0, len(records), 50_000):
-                conn.execute(data.TABLES[name].insert(), records[i:i + 50_000])
+                conn.execute(schema.TABLES[name].insert(), records[i:i + 50_000])
             counts[name] = len(records)
             if progress:
                 progress(name, len(records))
@@ -570,9 +570,9 @@ def init_db(engine: Engine, *, days: int = 730, seed: int = 42, force: bool = Fa
     if database_has_data(engine):
         if not force:
             raise DatabaseExistsError(
-                f"{data.describe_url(engine.url.render_as_string())} already holds data; "
+                f"{loading.describe_url(engine.url.render_as_string())} already holds data; "
                 "pass --force to replace it")
-        data.metadata.drop_all(engine)
+        schema.metadata.drop_all(engine)
     last_day = end or (datetime.now().date() - timedelta(days=1))
     start = last_day - timedelta(days=days - 1)
     tables = generate(start, days, seed=seed, shipments_per_day=shipments_per_day)
@@ -585,12 +585,12 @@ def simulate(engine: Engine, *, days: int, seed: int = 42, scenario: str | None 
     """Append `days` days after the newest shipment: tomorrow's data, maybe drifted."""
     if scenario:
         get_scenario(scenario)  # fail before touching anything
-    newest = data.newest_time(engine, "shipments") if sa.inspect(engine).has_table(
+    newest = loading.newest_time(engine, "shipments") if sa.inspect(engine).has_table(
         "shipments") else None
     if newest is None:
-        raise data.DataError("the database has no shipments yet; run init-db first")
+        raise schema.DataError("the database has no shipments yet; run init-db first")
     start = newest.date() + timedelta(days=1)
-    newest_month = data.newest_time(engine, "supplier_scorecards")
+    newest_month = loading.newest_time(engine, "supplier_scorecards")
     tables = generate(start, days, seed=seed, scenario=scenario,
                       shipments_per_day=shipments_per_day)
     if newest_month is not None:  # months already on file are not written twice

@@ -28,7 +28,7 @@ from sklearn.impute import SimpleImputer
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OrdinalEncoder
 
-from backend.ml import data
+from backend.ml.data import schema
 
 Task = Literal["regression", "classification", "anomaly"]
 GROUPS = ("prediction", "optimization", "risk_decision", "advanced")
@@ -62,7 +62,7 @@ class ModelSpec:
 
     @property
     def categorical(self) -> tuple[str, ...]:
-        table = data.get_table(self.table)
+        table = schema.get_table(self.table)
         return tuple(f for f in self.features
                      if f in table.columns and isinstance(table.c[f].type, sa.String))
 

@@ -27,8 +27,10 @@ from typing import Any
 
 from threadpoolctl import threadpool_limits
 
-from backend.ml import data, datagen, specs, trainer
 from backend.ml.config import Settings
+from backend.ml.data import loading, schema, synthetic
+from backend.ml.fleet import specs
+from backend.ml.training import trainer
 
 BENCH_DAYS = 730
 
@@ -40,7 +42,7 @@ def _peak_rss_mb() -> float:
 
 
 def measure(url: str, n_jobs: int) -> dict[str, Any]:
-    engine = data.readonly_engine(url)
+    engine = loading.readonly_engine(url)
     chosen = list(specs.SPECS.values())
     thresholds = {s.name: specs.threshold_for(s, 0.70) for s in chosen}
     started = time.perf_counter()
@@ -69,7 +71,7 @@ def measure(url: str, n_jobs: int) -> dict[str, Any]:
 def _bare_fit(spec: specs.ModelSpec, table: Any) -> float:
     """Seconds of a plain fit + predict of the spec's estimator on its holdout split."""
     labelled, _ = trainer.labelled_frame(spec, table)
-    train, holdout = trainer.time_split(labelled, data.time_column(spec.table))
+    train, holdout = trainer.time_split(labelled, schema.time_column(spec.table))
     X, Xh = train[list(spec.features)], holdout[list(spec.features)]
     y = trainer.target_values(spec, train[spec.target])
     started = time.perf_counter()
@@ -88,7 +90,7 @@ def _measure_one(size: str, settings: Settings) -> dict[str, Any]:
         url = f"sqlite:///{Path(tmp) / 'bench.db'}"
         per_day = max(1, round(shipments / (BENCH_DAYS * 1.0)))
         t0 = time.perf_counter()
-        datagen.init_db(data.writable_engine(url), days=BENCH_DAYS, end=date(2026, 10, 31),
+        synthetic.init_db(loading.writable_engine(url), days=BENCH_DAYS, end=date(2026, 10, 31),
                         shipments_per_day=per_day)
         generated = round(time.perf_counter() - t0, 1)
         return {"size": size, "generate_seconds": generated, **measure(url, n_jobs)}

@@ -34,14 +34,16 @@ from typing import Any
 
 import pandas as pd
 
-from backend.ml import data, specs, trainer
-from backend.ml.alerts import Alerts
-from backend.ml.backups import backup_production, prune_backups, rebuild_history
+from backend.ml.alerts.service import Alerts
 from backend.ml.config import REPO_ROOT, Settings
+from backend.ml.data import loading, schema
+from backend.ml.fleet import specs
 from backend.ml.fsio import LockTimeout, atomic_write_json, file_lock, lock_holder, read_json
-from backend.ml.history import History
-from backend.ml.results import summarize
-from backend.ml.store import ModelStore, promotion_decision
+from backend.ml.history.document import History
+from backend.ml.registry.backups import backup_production, prune_backups, rebuild_history
+from backend.ml.registry.store import ModelStore, promotion_decision
+from backend.ml.training import trainer
+from backend.ml.training.results import summarize
 
 logger = logging.getLogger(__name__)
 TRIGGERS = ("daily", "manual", "retrain", "catch-up")
@@ -182,7 +184,7 @@ class Runner:
 
         try:
             chosen = [specs.get_spec(n) for n in names]
-            tables = trainer.load_tables(data.open_readonly(settings.DATABASE_URL), chosen)
+            tables = trainer.load_tables(loading.open_readonly(settings.DATABASE_URL), chosen)
             thresholds = {s.name: specs.threshold_for(s, settings.MIN_ACCURACY_THRESHOLD,
                                                       settings.threshold_overrides())
                           for s in chosen}
@@ -342,7 +344,7 @@ class Runner:
             return None
         spec = specs.get_spec(result.name)
         labelled, _ = trainer.labelled_frame(spec, tables[spec.table])
-        tcol = data.time_column(spec.table)
+        tcol = schema.time_column(spec.table)
         holdout = labelled[labelled[tcol] >= pd.Timestamp(result.holdout_start)]
         try:
             return round(trainer.evaluate(spec, served[0], holdout), 6)

@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from backend.ml.alert_channels import Channel, DeliveryError, describe, scrub
+from backend.ml.alerts.channels import Channel, DeliveryError, describe, scrub
 
 logger = logging.getLogger(__name__)
 

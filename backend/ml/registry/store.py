@@ -41,9 +41,9 @@ import joblib
 import sklearn
 from sklearn.pipeline import Pipeline
 
+from backend.ml.fleet.specs import get_spec
 from backend.ml.fsio import LockTimeout, atomic_write_bytes, atomic_write_json, file_lock, read_json
-from backend.ml.specs import get_spec
-from backend.ml.trainer import TrainResult
+from backend.ml.training.trainer import TrainResult
 
 logger = logging.getLogger(__name__)
 

@@ -30,9 +30,9 @@ from zoneinfo import ZoneInfo
 
 import schedule
 
-from backend.ml import specs
+from backend.ml.fleet import specs
 from backend.ml.fsio import LockTimeout, file_lock, lock_holder
-from backend.ml.runner import RunInProgressError, Runner
+from backend.ml.runs.runner import RunInProgressError, Runner
 
 logger = logging.getLogger(__name__)
 LEASE_FILE = "scheduler.lease"

@@ -36,10 +36,12 @@ from zoneinfo import ZoneInfo
 import numpy as np
 import pandas as pd
 
-from backend.ml import data, specs, trainer
+from backend.ml.data import loading, schema
+from backend.ml.fleet import specs
 from backend.ml.fsio import atomic_write_json, read_json
-from backend.ml.runner import Runner
-from backend.ml.scheduler import next_daily_time
+from backend.ml.runs.runner import Runner
+from backend.ml.runs.scheduler import next_daily_time
+from backend.ml.training import trainer
 
 logger = logging.getLogger(__name__)
 MARGIN = 0.02
@@ -175,8 +177,8 @@ class Monitor:
             end = pd.Timestamp(meta["data_end"]).to_pydatetime()
             starts[table] = min(starts.get(table, end), end)
         # Lag features need the days before the window: two weeks of margin is enough.
-        engine = data.open_readonly(self.settings.DATABASE_URL)
-        return {t: data.load_table(engine, t, window=data.Window(
+        engine = loading.open_readonly(self.settings.DATABASE_URL)
+        return {t: loading.load_table(engine, t, window=loading.Window(
             start=start - pd.Timedelta(days=15))) for t, start in starts.items()}
 
     def _check_model(self, name: str, serving: tuple[Any, Mapping[str, Any]],
@@ -187,7 +189,7 @@ class Monitor:
         threshold = specs.threshold_for(spec, self.settings.MIN_ACCURACY_THRESHOLD,
                                         self.settings.threshold_overrides())
         labelled, _ = trainer.labelled_frame(spec, tables[spec.table])
-        tcol = data.time_column(spec.table)
+        tcol = schema.time_column(spec.table)
         fresh = labelled[labelled[tcol] > pd.Timestamp(meta["data_end"])]
         result: dict[str, Any] = {"version": meta["version"], "threshold": threshold,
                                   "holdout_score": meta.get("score"), "samples": len(fresh)}
@@ -284,7 +286,7 @@ class Monitor:
                  checked: Mapping[str, Any]) -> dict[str, Any]:
         """Up to MAX_RETRAIN_ATTEMPTS different fits; `checked` is the check's verdict."""
         spec = specs.get_spec(name)
-        newest = str(tables[spec.table][data.time_column(spec.table)].max())
+        newest = str(tables[spec.table][schema.time_column(spec.table)].max())
         cooldown = model_state.get("cooldown")
         if cooldown and cooldown["newest_data"] == newest and \
                 datetime.now(UTC) < datetime.fromisoformat(cooldown["until"]):

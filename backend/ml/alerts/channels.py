@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from backend.ml.alert_messages import NAMED, dashboard_link, html_body, number, plain_body, subject
+from backend.ml.alerts.messages import NAMED, dashboard_link, html_body, number, plain_body, subject
 from backend.ml.config import Settings
 
 logger = logging.getLogger(__name__)
