@@ -28,7 +28,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from backend.ml.history.document import History
+from backend.ml.history import History
 
 TARGET_MS = 50.0
 GROUPS: dict[str, list[tuple[str, str]]] = {

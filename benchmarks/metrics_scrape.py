@@ -38,8 +38,9 @@ from history_bench import training  # same folder: a daily run with 17-model det
 from backend.app.main import create_app
 from backend.ml.config import Settings, get_settings
 from backend.ml.fleet import specs
-from backend.ml.history.document import DEFAULT_LIMITS, History
-from backend.ml.runs.runner import Runner, Services
+from backend.ml.history import DEFAULT_LIMITS, History
+from backend.ml.runs.runner import Runner
+from backend.ml.runs.services import Services
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -14,6 +14,7 @@ import sqlalchemy as sa
 from backend.ml.data import loading, synthetic
 from backend.ml.fleet import specs
 from backend.ml.training import trainer
+from tests.peers import SMTPServer
 
 SMALL_DAYS = 300
 SMALL_END = date(2026, 10, 31)
@@ -67,6 +68,17 @@ def trained(small_tables: dict) -> dict[str, trainer.TrainResult]:
     results = trainer.train_many(chosen, small_tables, thresholds=thresholds_for(chosen),
                                  n_jobs=2)
     return {r.name: r for r in results}
+
+
+@pytest.fixture
+def smtp() -> Iterator[SMTPServer]:
+    """A real SMTP server on 127.0.0.1 keeping every message it accepts."""
+    server = SMTPServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture(scope="session")

@@ -11,10 +11,10 @@ from __future__ import annotations
 import hmac
 import re
 import threading
-from collections import OrderedDict
 from datetime import datetime
 from typing import Annotated, Any, Protocol
 
+from cachetools import LRUCache
 from fastapi import Depends, HTTPException, Path, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BeforeValidator
@@ -24,7 +24,8 @@ from backend.app.errors import validation_error
 from backend.ml.config import Settings
 from backend.ml.fleet import specs
 from backend.ml.fleet.specs import MODEL_NAMES, ModelSpec, UnknownModelError
-from backend.ml.runs.runner import Runner, Services
+from backend.ml.runs.runner import Runner
+from backend.ml.runs.services import Services
 
 Meta = dict[str, Any]
 
@@ -51,24 +52,17 @@ class EstimatorCache:
     """
 
     def __init__(self, size: int = 64) -> None:
-        self.size = size
-        self._items: OrderedDict[tuple[str, str], tuple[Pipeline, Meta]] = OrderedDict()
+        self._items: LRUCache[tuple[str, str], tuple[Pipeline, Meta]] = LRUCache(maxsize=size)
         self.serving: dict[tuple[str, str], str] = {}
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # LRUCache is not thread-safe; requests run in threads
 
     def get(self, name: str, version: str) -> tuple[Pipeline, Meta] | None:
         with self._lock:
-            item = self._items.get((name, version))
-            if item is not None:
-                self._items.move_to_end((name, version))
-            return item
+            return self._items.get((name, version))
 
     def put(self, name: str, version: str, item: tuple[Pipeline, Meta]) -> None:
         with self._lock:
             self._items[(name, version)] = item
-            self._items.move_to_end((name, version))
-            while len(self._items) > self.size:
-                self._items.popitem(last=False)
 
 
 def get_app_settings(request: Request) -> Settings:

@@ -32,7 +32,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from backend.ml.fleet.specs import UnknownModelError
 from backend.ml.registry.store import StoreError, UnknownVersionError
-from backend.ml.runs.runner import RunInProgressError
+from backend.ml.runs.progress import RunInProgressError
 
 logger = logging.getLogger("backend.app")
 MAX_REPORTED = 10

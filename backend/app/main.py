@@ -5,12 +5,13 @@ settings (a bad value stops start-up with a message naming the variable), config
 log, builds the services and runner, marks runs a dead process left "running" as
 interrupted, and starts the scheduler thread unless SCHEDULER_ENABLED=false. It neither
 trains nor loads tables, so start-up takes well under a second with an existing database.
+Training runs and the periodic check each run in a worker process: this process never
+fits or scores a model for them.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -28,9 +29,10 @@ from backend.app.schemas import error_responses
 from backend.ml.config import Settings, describe_invalid, get_settings
 from backend.ml.data.loading import describe_url
 from backend.ml.logsetup import configure_logging
-from backend.ml.monitoring.check import Monitor
-from backend.ml.runs.runner import Runner, Services
+from backend.ml.runs.runner import Runner
 from backend.ml.runs.scheduler import TrainingScheduler
+from backend.ml.runs.services import Services
+from backend.ml.runs.worker import ChildCheck
 
 logger = logging.getLogger("backend.app")
 VERSION = "0.1.0"
@@ -46,11 +48,11 @@ def load_settings(app: FastAPI) -> Settings:
     return settings
 
 
-def start_scheduler(runner: Runner, stop: threading.Event) -> Scheduler:
+def start_scheduler(runner: Runner) -> Scheduler:
     """The scheduler thread (or its standby loop, when another process holds the lease),
-    with the hourly check; `stop` cuts short a check waiting between retrain attempts."""
-    monitor = Monitor(runner, stop=stop)
-    scheduler: Scheduler = TrainingScheduler(runner, check=monitor.run_check)
+    with the periodic check run in a worker process; stopping the scheduler ends a check
+    still running."""
+    scheduler: Scheduler = TrainingScheduler(runner, check=ChildCheck(runner.settings))
     scheduler.start()
     return scheduler
 
@@ -64,6 +66,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         raise
     log_file = configure_logging(settings.LOGS_DIR)
     services = Services.from_settings(settings)
+    services.check_state_files()  # damage is recovered and alerted now, not mid-request
     runner = Runner(services, isolated=True)  # training never shares our GIL
     interrupted = runner.recover_interrupted()
     if interrupted:
@@ -72,8 +75,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     if not settings.ML_API_KEY:
         logger.warning("ML_API_KEY is not set: trigger and rollback are open to anyone who "
                        "can reach this service")
-    stopping = threading.Event()
-    scheduler = start_scheduler(runner, stopping) if settings.SCHEDULER_ENABLED else None
+    scheduler = start_scheduler(runner) if settings.SCHEDULER_ENABLED else None
     app.state.settings = settings
     app.state.services = services
     app.state.runner = runner
@@ -86,7 +88,6 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     try:
         yield
     finally:
-        stopping.set()
         if scheduler is not None:
             await to_thread.run_sync(scheduler.stop)
         current = runner.current()

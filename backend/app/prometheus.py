@@ -15,7 +15,6 @@ scrape stays cheap however often it comes.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import (
@@ -27,29 +26,26 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from backend.app.deps import Scheduler
-from backend.app.routes.models import list_models
-from backend.app.routes.training import scheduler_view
-from backend.app.schemas import ModelSummary
 from backend.ml.config import Settings
 from backend.ml.fleet import specs
-from backend.ml.history.document import STATUSES, parse_timestamp
-from backend.ml.monitoring.check import read_state
-from backend.ml.registry.store import VERSION_RE
-from backend.ml.runs.runner import Runner, Services
+from backend.ml.history import STATUSES, parse_timestamp
+from backend.ml.monitoring.health import (
+    DEGRADED_STATES,
+    Health,
+    newest_check,
+    read_fleet,
+    running_run,
+)
+from backend.ml.registry.aliases import version_number
+from backend.ml.runs.runner import Runner
+from backend.ml.runs.services import Services
 
 # Upper bounds in whole seconds, for runs from a one-model retrain (seconds) to a full
 # cycle on a large database (up to two hours). Whole seconds because the history counts
 # archived runs by duration rounded up to a second, which is exact only for whole bounds.
 DURATION_BUCKETS = (5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200)
-DEGRADED = ("degraded", "degraded_recovering")
 MODEL_LABELS = ("model", "group")
 NAN = float("nan")
-
-
-def version_number(version: str | None) -> int:
-    """The number of a version id (v0003 is 3); 0 for none, since numbers start at 1."""
-    match = VERSION_RE.match(version or "")
-    return int(match.group(1)) if match else 0
 
 
 def duration_buckets(durations: dict[int, int]) -> list[tuple[str, float]]:
@@ -76,9 +72,10 @@ class FleetCollector(Collector):
         yield from self._process()
 
     def _models(self) -> Iterator[Metric]:
-        """Per model, through the function behind GET /ml/models, so the two never disagree."""
-        rows = list_models(self.settings, self.services, self.runner).data.models
-        state = read_state(self.settings.LOGS_DIR)
+        """Per model, from the core's one health function (as GET /ml/models, the dashboard
+        and the CLI), so the views never disagree."""
+        fleet = read_fleet(self.services.store, self.settings,
+                           on_recover=self.services.report_recovery)
 
         def gauge(name: str, documentation: str) -> GaugeMetricFamily:
             return GaugeMetricFamily(name, documentation, labels=MODEL_LABELS)
@@ -95,33 +92,30 @@ class FleetCollector(Collector):
                         "version was trained, Unix seconds (absent: no production version)")
         drift = gauge("ml_model_drift_psi", "Largest feature PSI against the training data "
                       "in the newest check (absent: no drift measured)")
-        degraded = gauge("ml_model_degraded", "1 while the monitor holds the model degraded "
-                         "(below threshold; retraining or cooling down), else 0")
-        for row in rows:
+        state = GaugeMetricFamily("ml_model_state", "1 for the model's health state (one of "
+                                  + ", ".join(Health) + "), 0 for the others",
+                                  labels=[*MODEL_LABELS, "state"])
+        degraded = gauge("ml_model_degraded", "1 while the model's state is "
+                         + " or ".join(sorted(DEGRADED_STATES)) + ", else 0")
+        for row in fleet:
             labels = [row.name, row.group]
-            check = row.last_check
-            score.add_metric(labels, NAN if row.score is None else row.score)
+            meta = row.production or {}
+            score.add_metric(labels, NAN if meta.get("score") is None else meta["score"])
             threshold.add_metric(labels, row.threshold)
-            version.add_metric(labels, version_number(row.production_version))
-            stamp = parse_timestamp(row.trained_at)
+            version.add_metric(labels, version_number(meta.get("version")))
+            stamp = parse_timestamp(meta.get("created_at"))
             if stamp is not None:
                 trained.add_metric(labels, stamp.timestamp())
-            if check is not None and check.live_score is not None:
-                live.add_metric(labels, check.live_score)
-            psi = (check.drift or {}).get("max_psi") if check is not None else None
+            check = newest_check(self.services.history, row.name) or {}
+            if isinstance(check.get("live_score"), int | float):
+                live.add_metric(labels, check["live_score"])
+            psi = (check.get("drift") or {}).get("max_psi")
             if isinstance(psi, int | float):
                 drift.add_metric(labels, psi)
-            degraded.add_metric(labels, float(self._verdict(row, state) in DEGRADED))
-        yield from (score, live, threshold, version, trained, drift, degraded)
-
-    @staticmethod
-    def _verdict(row: ModelSummary, state: dict[str, Any]) -> str | None:
-        """The monitor's standing verdict (it outlives a retrain that recovered the model
-        within the same check); the newest check's when the monitor has none."""
-        kept = state.get(row.name)
-        if isinstance(kept, dict) and kept.get("verdict"):
-            return str(kept["verdict"])
-        return row.last_check.verdict if row.last_check is not None else None
+            for each in Health:
+                state.add_metric([*labels, each.value], float(row.health.state == each))
+            degraded.add_metric(labels, float(row.health.degraded))
+        yield from (score, live, threshold, version, trained, drift, state, degraded)
 
     def _history(self) -> Iterator[Metric]:
         totals = self.services.history.metrics_totals()
@@ -148,13 +142,15 @@ class FleetCollector(Collector):
         yield alerts
 
     def _process(self) -> Iterator[Metric]:
-        view = scheduler_view(self.scheduler, self.settings)
+        active = self.scheduler is not None and bool(self.scheduler.status()
+                                                      .get("scheduler_active"))
         yield GaugeMetricFamily("ml_scheduler_lease_held", "1 if the process answering "
                                 "holds the scheduler lease and runs the schedule, else 0",
-                                value=float(bool(view.get("scheduler_active"))))
+                                value=float(active))
+        running = running_run(self.settings.LOGS_DIR, on_recover=self.services.report_recovery)
         yield GaugeMetricFamily("ml_training_in_progress", "1 while a training run holds "
                                 "the training lock (any process), else 0",
-                                value=float(self.runner.current() is not None))
+                                value=float(running is not None))
 
 
 def exposition(collector: Collector) -> bytes:

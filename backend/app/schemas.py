@@ -13,7 +13,7 @@ from typing import Any, Generic, Literal, TypeVar, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from backend.ml.history.document import STATUSES
+from backend.ml.history import STATUSES
 
 T = TypeVar("T")
 VERSION_PATTERN = r"^v[0-9]{4,}$"
@@ -187,8 +187,8 @@ class LiveCheck(Open):
     drift: dict[str, Any] | None = None
 
 
-ModelState = Literal["healthy", "watch", "degraded", "retraining", "cooling_down",
-                     "no_version"]
+ModelState = Literal["no_version", "retraining", "training", "cooling_down", "degraded",
+                     "watch", "below_threshold", "healthy"]
 
 
 class ModelSummary(BaseModel):
@@ -205,11 +205,14 @@ class ModelSummary(BaseModel):
     last_check: LiveCheck | None
     error: str | None = Field(None, description="Why the production metadata is unreadable.")
     state: ModelState = Field(description=(
-        "The first that applies: `retraining` (the running run includes it), `no_version` "
-        "(nothing promoted yet), `cooling_down` (retrains exhausted; waits for new data or "
-        "the next daily run), `degraded` or `watch` (the newest check of the serving version: "
-        "below threshold, or below once by less than the margin, to be confirmed), "
-        "`healthy`."))
+        "The model's health, first that applies: `no_version` (nothing promoted yet), "
+        "`retraining` (a retrain after a degraded check includes it), `training` (a routine "
+        "run includes it), `cooling_down` (retrains exhausted; waits for new data or the "
+        "next daily run), `degraded` or `watch` (the monitor's verdict on the serving "
+        "version: below threshold, or below once by less than the margin), "
+        "`below_threshold` (the serving version's own holdout score is under its "
+        "threshold), `healthy`. Defined once, in backend/ml/monitoring/health.py."))
+    state_reason: str = Field(description="Why the model is in that state, for people.")
 
 
 class ModelList(BaseModel):

@@ -2,6 +2,9 @@
 
 Every command reads the same settings as the service (environment variables). Errors
 are one line naming the problem, exit code 2; a training run with a failed model exits 1.
+
+Each command imports what it uses inside its function, so a read-only command (`history`,
+`backups`) starts without loading pandas, scikit-learn or the database driver.
 """
 
 from __future__ import annotations
@@ -18,19 +21,43 @@ from typing import Any
 from pydantic import ValidationError
 
 from backend.ml.config import Settings, describe_invalid, get_settings
-from backend.ml.data import loading, schema, synthetic
-from backend.ml.fleet import specs
-from backend.ml.fsio import LockTimeout
-from backend.ml.history.document import HistoryWriteError
-from backend.ml.registry.store import StoreError
-from backend.ml.runs.runner import RunInProgressError, Runner, Services
 
 EXIT_FAILED_RUN = 1
 EXIT_USAGE = 2
+TRIGGERS = ["manual", "daily", "retrain", "catch-up"]
+# Errors a user can fix, by module: shown as one line, exit 2. Looked up only in modules
+# a command has imported (an exception of a module never imported cannot have been raised).
+USER_ERRORS = {
+    "backend.ml.fleet.specs": ("UnknownModelError",),
+    "backend.ml.data.schema": ("DataError",),
+    "backend.ml.data.synthetic": ("DatabaseExistsError",),
+    "backend.ml.registry.store": ("StoreError",),
+    "backend.ml.runs.progress": ("RunInProgressError",),
+    "backend.ml.history.document": ("HistoryWriteError",),
+    "backend.ml.fsio": ("LockTimeout",),
+}
 
 
 class CommandError(Exception):
     """A problem the user can fix; printed as one line, exit code 2."""
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    found: list[type[BaseException]] = [CommandError, ValueError]
+    for module_name, names in USER_ERRORS.items():
+        module = sys.modules.get(module_name)
+        found += [getattr(module, name) for name in names if hasattr(module, name)]
+    return tuple(found)
+
+
+def _log_to_service_log(settings: Settings) -> None:
+    """This command's log lines go to the service's log too, not over our output."""
+    try:
+        from backend.ml.logsetup import configure_logging
+
+        configure_logging(settings.LOGS_DIR, console=False)
+    except OSError as exc:
+        print(f"warning: not logging to {settings.LOGS_DIR}: {exc}", file=sys.stderr)
 
 
 def _progress_printer(total: int, *, stream: Any = sys.stderr) -> Callable[[Any], None]:
@@ -54,6 +81,8 @@ def _progress_printer(total: int, *, stream: Any = sys.stderr) -> Callable[[Any]
 
 
 def cmd_init_db(args: argparse.Namespace, settings: Settings) -> int:
+    from backend.ml.data import loading, synthetic
+
     path = loading.sqlite_path(settings.DATABASE_URL)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -64,19 +93,22 @@ def cmd_init_db(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     started = time.perf_counter()
     end = date.fromisoformat(args.end) if args.end else None
+    per_day = args.shipments_per_day or synthetic.SHIPMENTS_PER_DAY
     counts = synthetic.init_db(engine, days=args.days, seed=args.seed, force=args.force, end=end,
-                             shipments_per_day=args.shipments_per_day,
-                             progress=lambda t, n: print(f"  {t}: {n:,} rows", flush=True))
+                               shipments_per_day=per_day,
+                               progress=lambda t, n: print(f"  {t}: {n:,} rows", flush=True))
     print(f"created {loading.describe_url(settings.DATABASE_URL)}: {sum(counts.values()):,} rows "
           f"in {time.perf_counter() - started:.1f}s")
     return 0
 
 
 def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
+    from backend.ml.data import loading, synthetic
+
     if args.days < 1:
         raise CommandError("--days must be at least 1")
     if args.drift:
-        synthetic.get_scenario(args.drift)
+        synthetic.get_scenario(args.drift)  # an unknown name is refused before writing
     engine = loading.writable_engine(settings.DATABASE_URL)
     counts = synthetic.simulate(engine, days=args.days, seed=args.seed, scenario=args.drift)
     note = ""
@@ -90,23 +122,15 @@ def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
+    from backend.ml.fleet import specs
+    from backend.ml.runs.runner import Runner
+    from backend.ml.runs.services import Services
+
     names = specs.parse_names(args.models)
-    options = {}
-    if args.options:
-        from backend.ml.training.trainer import TrainOptions
-
-        options = {name: TrainOptions(**fields)
-                   for name, fields in json.loads(args.options).items()}
-    try:  # training lines go to the service's log too, whoever started the run
-        from backend.ml.logsetup import configure_logging
-
-        configure_logging(settings.LOGS_DIR, console=False)
-    except OSError as exc:
-        print(f"warning: not logging to {settings.LOGS_DIR}: {exc}", file=sys.stderr)
+    _log_to_service_log(settings)  # training lines go there, whoever started the run
     runner = Runner(Services.from_settings(settings))
     show = sys.stderr.isatty() or not args.json
-    summary = runner.run(trigger=args.trigger, models=names, actor=args.actor,
-                         run_id=args.run_id, options=options,
+    summary = runner.run(trigger=args.trigger, models=names, actor="cli",
                          on_result=_progress_printer(len(names)) if show else None)
     if args.json:
         print(json.dumps(summary, indent=2))
@@ -119,22 +143,19 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_models(args: argparse.Namespace, settings: Settings) -> int:
+    """Every model's production version, score and health state (the one health function
+    the API, the dashboard and /metrics show)."""
+    from backend.ml.monitoring.health import read_fleet
+    from backend.ml.runs.services import Services
+
     services = Services.from_settings(settings)
     rows = []
-    for name in specs.MODEL_NAMES:
-        spec = specs.get_spec(name)
-        meta = services.store.production_meta(name)
-        threshold = specs.threshold_for(spec, settings.MIN_ACCURACY_THRESHOLD,
-                                        settings.threshold_overrides())
-        newest = next(iter(services.store.versions(name)), None)
-        state = ("no model" if meta is None
-                 else "below threshold" if meta.get("score", 0) < threshold
-                 else "candidate waiting" if newest and newest["version"] != meta["version"]
-                 and newest.get("state") == "candidate" else "serving")
-        rows.append({"model": name, "group": spec.group, "metric": spec.metric,
-                     "production": meta["version"] if meta else None,
-                     "score": meta.get("score") if meta else None, "threshold": threshold,
-                     "trained_at": meta.get("created_at") if meta else None, "state": state})
+    for status in read_fleet(services.store, settings, on_recover=services.report_recovery):
+        meta = status.production or {}
+        rows.append({"model": status.name, "group": status.group, "metric": status.metric,
+                     "production": meta.get("version"), "score": meta.get("score"),
+                     "threshold": status.threshold, "trained_at": meta.get("created_at"),
+                     "state": status.health.state.value, "state_reason": status.health.reason})
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
@@ -147,6 +168,9 @@ def cmd_models(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_rollback(args: argparse.Namespace, settings: Settings) -> int:
+    from backend.ml.fleet import specs
+    from backend.ml.runs.services import Services
+
     specs.get_spec(args.name)
     entry = Services.from_settings(settings).store.rollback(args.name, to=args.to, actor="cli")
     print(f"{args.name}: production {entry['from']} -> {entry['to']}")
@@ -174,6 +198,8 @@ def cmd_backups(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_history(args: argparse.Namespace, settings: Settings) -> int:
+    from backend.ml.runs.services import Services
+
     history = Services.from_settings(settings).history
     records = history.trainings(limit=args.limit)
     if args.json:
@@ -197,6 +223,8 @@ def cmd_check(args: argparse.Namespace, settings: Settings) -> int:
     (degraded models are retrained)."""
     from backend.ml.logsetup import configure_logging
     from backend.ml.monitoring.check import Monitor
+    from backend.ml.runs.runner import Runner
+    from backend.ml.runs.services import Services
 
     configure_logging(settings.LOGS_DIR, console=False)
     entry = Monitor(Runner(Services.from_settings(settings))).run_check()
@@ -218,17 +246,14 @@ def cmd_check(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_alerts_test(args: argparse.Namespace, settings: Settings) -> int:
     """A test alert through every configured channel, past the cooldown; one line each."""
+    from backend.ml.runs.services import Services
+
     services = Services.from_settings(settings)
     if not services.alerts.channels:
         print("no alert channel is configured (set SMTP_HOST and ALERT_EMAIL_TO, or "
               "ALERT_WEBHOOK_URL)")
         return EXIT_FAILED_RUN
-    try:  # retries are logged as warnings: to the service's log, not over our lines
-        from backend.ml.logsetup import configure_logging
-
-        configure_logging(settings.LOGS_DIR, console=False)
-    except OSError as exc:
-        print(f"warning: not logging to {settings.LOGS_DIR}: {exc}", file=sys.stderr)
+    _log_to_service_log(settings)  # retries are logged as warnings: there, not over our lines
     delivery = services.alerts.send(
         "info", "test", "This is a test alert from the ML training scheduler "
         "(python -m backend.ml alerts test); if you can read it, delivery works.")
@@ -239,19 +264,21 @@ def cmd_alerts_test(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_scheduler(args: argparse.Namespace, settings: Settings) -> int:
-    """The scheduler without the web server, until SIGINT or SIGTERM."""
+    """The scheduler without the web server, until SIGINT or SIGTERM. Runs and checks each
+    run in a worker process, as under the web server."""
     import signal
     import threading
 
     from backend.ml.logsetup import configure_logging
-    from backend.ml.monitoring.check import Monitor
+    from backend.ml.runs.runner import Runner
     from backend.ml.runs.scheduler import TrainingScheduler
+    from backend.ml.runs.services import Services
+    from backend.ml.runs.worker import ChildCheck
 
     log_file = configure_logging(settings.LOGS_DIR)
     runner = Runner(Services.from_settings(settings), isolated=True)
     runner.recover_interrupted()
-    scheduler = TrainingScheduler(runner)
-    scheduler.check = Monitor(runner, stop=scheduler.stop_event).run_check
+    scheduler = TrainingScheduler(runner, check=ChildCheck(settings))
     done = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: done.set())
@@ -277,7 +304,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--days", type=int, default=730, help="days of history (default 730)")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--end", help="last day YYYY-MM-DD (default yesterday)")
-    p.add_argument("--shipments-per-day", type=int, default=synthetic.SHIPMENTS_PER_DAY)
+    p.add_argument("--shipments-per-day", type=int,
+                   help="shipments a day (default: the generator's)")
     p.add_argument("--force", action="store_true", help="replace a database that has data")
     p.add_argument("--if-missing", action="store_true",
                    help="do nothing when the database already has data")
@@ -285,20 +313,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("simulate", help="append days after the newest row (tomorrow's data)")
     p.add_argument("--days", type=int, required=True)
-    p.add_argument("--drift", choices=sorted(synthetic.SCENARIOS), help="a drift scenario")
+    p.add_argument("--drift", help="a drift scenario by name (an unknown name lists them)")
     p.add_argument("--seed", type=int, default=42)
     p.set_defaults(func=cmd_simulate)
 
     p = sub.add_parser("train", help="train models now")
     p.add_argument("--models", help="comma-separated model names (default: all 17)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
-    p.add_argument("--trigger", default="manual", choices=["manual", "daily", "retrain",
-                                                            "catch-up"])
-    # Used when the service runs training in a child process:
-    p.add_argument("--actor", default="cli", choices=["cli", "api", "scheduler"],
-                   help=argparse.SUPPRESS)
-    p.add_argument("--run-id", help=argparse.SUPPRESS)
-    p.add_argument("--options", help=argparse.SUPPRESS)  # JSON: model -> TrainOptions
+    p.add_argument("--trigger", default="manual", choices=TRIGGERS)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("models", help="the 17 models: production version, score, state")
@@ -356,9 +378,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         result: int = args.func(args, settings)
         return result
-    except (CommandError, specs.UnknownModelError, schema.DataError, ValueError,
-            synthetic.DatabaseExistsError, StoreError, RunInProgressError, HistoryWriteError,
-            LockTimeout) as exc:
+    except Exception as exc:
+        if not isinstance(exc, user_errors()):
+            raise
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

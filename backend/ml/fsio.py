@@ -25,6 +25,7 @@ from typing import Any
 
 FILE_MODE = 0o640
 DIR_MODE = 0o750
+HOLDER_MAX_CHARS = 200  # "pid=123 run_id=... daily" fits; garbage is cut short
 
 
 class LockTimeout(Exception):
@@ -77,9 +78,12 @@ def read_json(path: Path) -> Any:
 
 
 def _read_holder(handle: Any) -> str:
-    with contextlib.suppress(OSError):
+    """The holder text in a lock file, printable only: whatever bytes a crash or a hand left
+    there, a caller gets a short string, never an exception."""
+    with contextlib.suppress(OSError, ValueError):
         handle.seek(0)
-        return str(handle.read()).strip()
+        text = str(handle.read(HOLDER_MAX_CHARS))
+        return "".join(c if c.isprintable() else "?" for c in text).strip()
     return ""
 
 
@@ -91,7 +95,7 @@ def file_lock(path: Path, *, timeout: float = 60.0, purpose: str = "") -> Iterat
     """
     ensure_dir(path.parent)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, FILE_MODE)
-    handle = os.fdopen(fd, "a+", encoding="utf-8")
+    handle = os.fdopen(fd, "a+", encoding="utf-8", errors="replace")
     try:
         deadline = time.monotonic() + timeout
         while True:
@@ -123,7 +127,7 @@ def lock_holder(path: Path) -> str | None:
     """Who holds the lock on `path` right now, or None when it is free."""
     if not path.exists():
         return None
-    with open(path, "a+", encoding="utf-8") as handle:
+    with open(path, "a+", encoding="utf-8", errors="replace") as handle:
         try:
             fcntl.flock(handle.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
         except OSError:

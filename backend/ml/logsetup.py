@@ -1,4 +1,10 @@
-"""The service's log: `LOGS_DIR/training_scheduler.log` (rotating) and the console.
+"""The service's log: `LOGS_DIR/training_scheduler.log` and the console.
+
+Several processes write the file at once (uvicorn workers, the scheduler, training and
+check children), so none of them rotates it: a process renaming the file under the others
+loses their lines or writes into the renamed one. Each process appends (O_APPEND: whole
+lines, never interleaved mid-line) through a `WatchedFileHandler`, which reopens the file
+when it was moved away, and rotation is left to logrotate (the README has the snippet).
 
 Handlers go on the `backend` logger, so the ML core (`backend.ml.*`) and the HTTP edge
 (`backend.app`) log to both; uvicorn keeps its own loggers. Configuring twice (a second
@@ -10,15 +16,13 @@ from __future__ import annotations
 
 import logging
 import sys
-from logging.handlers import RotatingFileHandler
+from logging.handlers import WatchedFileHandler
 from pathlib import Path
 
 from backend.ml.fsio import ensure_dir
 
 LOG_FILE_NAME = "training_scheduler.log"
 FORMAT = "%(asctime)s %(levelname)s %(name)s [%(threadName)s] %(message)s"
-MAX_BYTES = 10 * 1024 * 1024
-BACKUP_COUNT = 5
 _MARK = "_ml_scheduler_handler"
 
 
@@ -32,12 +36,12 @@ class ConsoleHandler(logging.StreamHandler):  # type: ignore[type-arg]
 
 def configure_logging(logs_dir: Path, *, level: int = logging.INFO,
                       console: bool = True) -> Path:
-    """Log `backend.*` to the rotating file under `logs_dir` (created when missing) and to
-    the console; the log file's path."""
+    """Log `backend.*` to the file under `logs_dir` (created when missing) and to the
+    console; the log file's path."""
     path = ensure_dir(Path(logs_dir)) / LOG_FILE_NAME
     logger = logging.getLogger("backend")
     ours = [h for h in logger.handlers if getattr(h, _MARK, False)]
-    if any(isinstance(h, RotatingFileHandler) and Path(h.baseFilename) == path.resolve()
+    if any(isinstance(h, WatchedFileHandler) and Path(h.baseFilename) == path.resolve()
            for h in ours) and len(ours) == 1 + console:
         logger.setLevel(level)
         return path
@@ -45,8 +49,7 @@ def configure_logging(logs_dir: Path, *, level: int = logging.INFO,
         logger.removeHandler(handler)
         handler.close()
     formatter = logging.Formatter(FORMAT)
-    file_handler = RotatingFileHandler(path, maxBytes=MAX_BYTES, backupCount=BACKUP_COUNT,
-                                       encoding="utf-8")
+    file_handler = WatchedFileHandler(path, encoding="utf-8")
     handlers: list[logging.Handler] = [file_handler]
     if console:
         handlers.append(ConsoleHandler())

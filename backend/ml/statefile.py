@@ -48,35 +48,47 @@ class Recovery:
     """A damaged state file was moved aside and rebuilt."""
 
     path: Path
-    moved_to: Path
+    moved_to: Path | None  # None: the file was missing, nothing to keep
     reason: str
     rebuilt: str  # what the new file holds, for people
 
     def message(self) -> str:
-        return (f"state file {self.path.name} was unreadable ({self.reason}); moved aside to "
-                f"{self.moved_to} and rebuilt: {self.rebuilt}")
+        kept = f"moved aside to {self.moved_to}" if self.moved_to else "nothing to keep"
+        return (f"state file {self.path.name} was unreadable ({self.reason}); {kept}; "
+                f"rebuilt: {self.rebuilt}")
 
 
-def move_aside(path: Path) -> Path:
-    """Rename `path` to `<name>.corrupt-<UTC time>` (a free name); the new path."""
+def move_aside(path: Path, *, keep_original: bool = False) -> Path:
+    """Rename `path` to `<name>.corrupt-<UTC time>` (a free name); the new path. With
+    `keep_original` the damaged bytes get the new name as a hard link and stay at `path`
+    too, so that readers never find the file missing until it is replaced atomically."""
     stamp = f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}"
     aside, n = path.with_name(f"{path.name}.corrupt-{stamp}"), 1
     while aside.exists():
         n += 1
         aside = path.with_name(f"{path.name}.corrupt-{stamp}-{n}")
-    os.rename(path, aside)
+    if keep_original:
+        os.link(path, aside)
+    else:
+        os.rename(path, aside)
     return aside
 
 
-def describe_damage(exc: Exception) -> str:
-    """One line on why bytes are not a valid state file."""
+def describe_damage(raw: bytes, exc: Exception) -> str:
+    """One line on why `raw` is not a valid state file."""
+    if not raw.strip():
+        return "empty"
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return "not text (binary garbage)"
     if isinstance(exc, ValidationError):
         first = exc.errors()[0]
+        if first["type"] == "json_invalid":
+            return f"not JSON ({first['msg'].removeprefix('Invalid JSON: ')})"
         where = ".".join(map(str, first["loc"])) or "top level"
         return f"wrong shape at {where}: {first['msg']}"
-    if isinstance(exc, UnicodeDecodeError):
-        return "not text (binary garbage)"
-    return f"not JSON: {exc}"
+    return f"not JSON ({exc})"
 
 
 class StateFile(Generic[M]):
@@ -116,8 +128,7 @@ class StateFile(Generic[M]):
         try:
             return self._parse(self._raw())
         except (ValueError, ValidationError):
-            with self.update() as value:  # recovers under the lock, then writes it back
-                return value
+            return self._settle()
 
     def exists(self) -> bool:
         return self.path.exists()
@@ -136,7 +147,9 @@ class StateFile(Generic[M]):
                 try:
                     value = self._parse(raw).model_copy(deep=True)
                 except (ValueError, ValidationError) as exc:
-                    value, recovered = self._recover(exc)
+                    assert raw is not None  # a missing file parses as empty
+                    value, recovered = self._recover(raw, exc)
+                    value = value.model_copy(deep=True)
                 yield value
                 self._write(value)
         finally:
@@ -176,18 +189,38 @@ class StateFile(Generic[M]):
         self._cache = (raw, value)
         return value
 
+    def _settle(self) -> M:
+        """Under the lock: the value, recovering the file if it is still damaged (another
+        process may have recovered it while we waited)."""
+        recovered: Recovery | None = None
+        with self._guard, file_lock(self.lock_path, timeout=self.lock_timeout,
+                                    purpose=f"recover {self.path.name}"):
+            raw = self._raw()
+            try:
+                value = self._parse(raw)
+            except (ValueError, ValidationError) as exc:
+                assert raw is not None
+                value, recovered = self._recover(raw, exc)
+        if recovered is not None:
+            self._report(recovered)
+        return value
+
     def _write(self, value: M) -> None:
-        payload = json.dumps(value.model_dump(mode="json"), indent=self.indent).encode("utf-8")
+        payload = value.model_dump_json(by_alias=True, indent=self.indent).encode("utf-8")
         atomic_write_bytes(self.path, payload)
         self._cache = (payload, value.model_copy(deep=True))
 
-    def _recover(self, exc: Exception) -> tuple[M, Recovery]:
-        """(Lock held.) Move the damaged file aside and make the value that replaces it."""
-        reason = describe_damage(exc)
-        aside = move_aside(self.path)
+    def _recover(self, raw: bytes, exc: Exception) -> tuple[M, Recovery]:
+        """(Lock held.) Keep the damaged bytes aside, make the value that replaces them and
+        write it. A rebuild that fails for any reason but the disk starts empty; an OSError
+        (the disk) stops the recovery with the damaged file still in place."""
+        reason = describe_damage(raw, exc)
+        aside = move_aside(self.path, keep_original=True)
         value: M
         try:
             value = self.rebuild() if self.rebuild is not None else self.empty()
+        except OSError:
+            raise
         except Exception:
             logger.exception("rebuilding %s failed; starting it empty", self.path)
             value = self.empty()

@@ -16,7 +16,8 @@ from fastapi.testclient import TestClient
 
 from backend.app.main import create_app
 from backend.ml.config import Settings, get_settings
-from backend.ml.runs.runner import Runner, Services
+from backend.ml.runs.runner import Runner
+from backend.ml.runs.services import Services
 
 # Fast to fit on the small database; one of each task (regression, classification,
 # anomaly); supplier_performance is trained twice so it has a previous version.

@@ -14,8 +14,8 @@ from backend.app.routes.dashboard import STATIC_DIR
 from backend.ml.config import Settings
 from backend.ml.fleet.specs import MODEL_NAMES
 from backend.ml.fsio import atomic_write_json, file_lock
-from backend.ml.monitoring.check import STATE_FILE
-from backend.ml.runs.runner import Services
+from backend.ml.monitoring.state import STATE_FILE
+from backend.ml.runs.services import Services
 from tests.app.conftest import CHECK, TRAINED, ClientFactory, app_settings, error, ok
 
 ROLLBACK = "supplier_performance"  # trained twice: v0002 production, v0001 previous
@@ -98,24 +98,26 @@ def test_a_future_cooldown_is_cooling_down_and_a_past_one_is_not(
 
     found = states(make_client(prepare))
     assert found["decision_support"] == "cooling_down"
-    assert found["anomaly_detection"] == "healthy"
+    assert found["anomaly_detection"] == "degraded"  # cooled down; the verdict still stands
 
 
-def test_the_newest_check_of_the_serving_version_sets_degraded_or_watch(
+def test_the_monitors_verdict_on_the_serving_version_sets_degraded_or_watch(
         make_client: ClientFactory) -> None:
     def prepare(settings: Settings) -> None:
-        log = history(settings)
-        log.append_check(check_of("decision_support", "degraded", "v0001",
-                                  "2026-11-02T03:00:00+00:00"))
-        log.append_check(check_of("anomaly_detection", "watch", "v0001",
-                                  "2026-11-02T04:00:00+00:00"))
-        # about v0001, which v0002 has replaced since: says nothing about what serves
-        log.append_check(check_of(ROLLBACK, "degraded", "v0001", "2026-11-02T05:00:00+00:00"))
+        atomic_write_json(settings.LOGS_DIR / STATE_FILE, {
+            "decision_support": {"verdict": "degraded", "version": "v0001"},
+            "anomaly_detection": {"verdict": "watch", "version": "v0001"},
+            # about v0001, which v0002 has replaced since: says nothing about what serves
+            ROLLBACK: {"verdict": "degraded", "version": "v0001"}})
+        # A check entry alone is history: the monitor's standing verdict decides.
+        history(settings).append_check(check_of("scenario_analysis", "degraded", "v0001",
+                                                "2026-11-02T05:00:00+00:00"))
 
     found = states(make_client(prepare))
     assert found["decision_support"] == "degraded"
     assert found["anomaly_detection"] == "watch"
     assert found[ROLLBACK] == "healthy"
+    assert found["scenario_analysis"] == "healthy"
 
 
 def test_models_of_the_running_run_are_retraining(make_client: ClientFactory) -> None:
@@ -127,19 +129,26 @@ def test_models_of_the_running_run_are_retraining(make_client: ClientFactory) ->
             "in_flight": ["decision_support", "delay_prediction"],
             "finished": ["anomaly_detection"]})
         found = states(client)
-    assert {n for n, s in found.items() if s == "retraining"} == {
-        "decision_support", "delay_prediction", "anomaly_detection"}  # a first training too
+    # A manual run is routine training; a model never trained stays no_version meanwhile.
+    assert {n for n, s in found.items() if s == "training"} == {
+        "decision_support", "anomaly_detection"}
+    assert found["delay_prediction"] == "no_version"
     assert states(client)["decision_support"] == "healthy"  # the lock is let go
 
 
-def test_a_run_without_progress_yet_is_known_by_its_history_record(
+def test_a_retrain_is_retraining_and_before_its_progress_is_written_nothing_is(
         make_client: ClientFactory) -> None:
+    """The runner writes its progress first thing after taking the lock; in the instant
+    before, the run is known (by the lock) but no model is claimed for it."""
     client = make_client()
     logs = app_settings(client).LOGS_DIR
-    history(app_settings(client)).append_training({
-        "run_id": "run-early", "timestamp": datetime.now(UTC).isoformat(),
-        "trigger": "retrain", "status": "running", "models": ["scenario_analysis"]})
     with file_lock(logs / "training.lock", timeout=0, purpose="run_id=run-early retrain"):
+        assert set(states(client).values()) <= {"healthy", "no_version"}
+        assert ok(client.get("/ml/training/status"))["trainer_status"]["is_training"]
+        atomic_write_json(logs / "training_progress.json", {
+            "run_id": "run-early", "trigger": "retrain", "started_at": "2026-11-02T05:00:00",
+            "total": 1, "done": 0, "in_flight": ["scenario_analysis"], "finished": [],
+            "models": ["scenario_analysis"]})
         found = states(client)
     assert [n for n, s in found.items() if s == "retraining"] == ["scenario_analysis"]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from datetime import UTC, datetime
-from logging.handlers import RotatingFileHandler
+from logging.handlers import WatchedFileHandler
 from pathlib import Path
 
 import pytest
@@ -15,7 +15,7 @@ from backend.app.deps import get_services
 from backend.app.main import create_app
 from backend.ml.config import Settings, get_settings
 from backend.ml.fsio import lock_holder
-from backend.ml.history.document import History
+from backend.ml.history import History
 from backend.ml.logsetup import LOG_FILE_NAME, configure_logging
 from tests.app.conftest import (
     ClientFactory,
@@ -118,10 +118,10 @@ def test_logging_setup_creates_the_folder_and_is_idempotent(tmp_path: Path) -> N
     try:
         path = configure_logging(tmp_path / "a" / "logs")
         configure_logging(tmp_path / "a" / "logs")
-        files = [h for h in logger.handlers if isinstance(h, RotatingFileHandler)]
+        files = [h for h in logger.handlers if isinstance(h, WatchedFileHandler)]
         assert path.parent.is_dir() and len(files) == 1 and len(logger.handlers) == 2
         configure_logging(tmp_path / "b")  # another folder replaces, never adds
-        files = [h for h in logger.handlers if isinstance(h, RotatingFileHandler)]
+        files = [h for h in logger.handlers if isinstance(h, WatchedFileHandler)]
         assert [Path(h.baseFilename).parent for h in files] == [tmp_path / "b"]
         logging.getLogger("backend.ml.test").info("hello file")
         assert "hello file" in (tmp_path / "b" / LOG_FILE_NAME).read_text()

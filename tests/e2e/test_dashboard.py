@@ -17,7 +17,8 @@ from backend.ml.config import REPO_ROOT, Settings
 from backend.ml.data import loading, synthetic
 from backend.ml.fleet.specs import GROUPS, MODEL_NAMES
 from backend.ml.monitoring import check as monitor
-from backend.ml.runs.runner import Runner, Services
+from backend.ml.runs.runner import Runner
+from backend.ml.runs.services import Services
 from tests.e2e.servers import Server
 
 pytestmark = pytest.mark.slow

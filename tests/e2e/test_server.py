@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from backend.ml.fleet import specs
-from backend.ml.history.document import History
+from backend.ml.history import History
 from tests.e2e.servers import Server
 
 pytestmark = pytest.mark.slow

@@ -3,91 +3,38 @@
 
 from __future__ import annotations
 
-import email
 import json
 import logging
 import os
-import socket
 import subprocess
 import sys
 import threading
 from collections.abc import Iterator
-from email.policy import default as default_policy
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pydantic
 import pytest
-from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult
 
 from backend.ml import cli
 from backend.ml.alerts.service import COOLDOWN_FILE, Alerts
 from backend.ml.config import REPO_ROOT, Settings, get_settings
-from backend.ml.history.document import History
-from backend.ml.runs.runner import Runner, Services
+from backend.ml.history import History
+from backend.ml.runs.runner import Runner
+from backend.ml.runs.services import Services
 from backend.ml.training.trainer import TrainOptions
+from tests.peers import RECIPIENT, SENDER, SMTPServer
 
 FAILING = "scenario_analysis"
 HEALTHY = "decision_support"
 # An invalid hyper-parameter: the real estimator raises when it is fitted.
 BREAK = {FAILING: TrainOptions(params={"max_iter": -1})}
 DASHBOARD = "http://dashboard.example:8000/"
-SENDER, RECIPIENT = "ml@example.com", "ops@example.com"
 PASSWORD = "pw-Zq81-never-logged"
 HOOK_PATH = "/services/T000/B000/hooksecretXYZ"
 FAST_BACKOFF = 0.01
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-class Inbox:
-    """An aiosmtpd handler keeping every message it accepts."""
-
-    def __init__(self) -> None:
-        self.messages: list[Any] = []  # email.message.EmailMessage
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        self.messages.append(email.message_from_bytes(envelope.content, policy=default_policy))
-        return "250 OK"
-
-
-class SMTPServer:
-    def __init__(self, **options: Any) -> None:
-        self.inbox = Inbox()
-        self.port = free_port()
-        self.controller = Controller(self.inbox, hostname="127.0.0.1", port=self.port,
-                                     **options)
-        self.running = False
-
-    def start(self) -> None:
-        self.controller.start()
-        self.running = True
-
-    def stop(self) -> None:
-        if self.running:
-            self.controller.stop()
-            self.running = False
-
-    def env(self, **extra: Any) -> dict[str, Any]:
-        return {"SMTP_HOST": "127.0.0.1", "SMTP_PORT": self.port, "SMTP_STARTTLS": False,
-                "ALERT_EMAIL_FROM": SENDER, "ALERT_EMAIL_TO": RECIPIENT, **extra}
-
-
-@pytest.fixture
-def smtp() -> Iterator[SMTPServer]:
-    server = SMTPServer()
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 class Webhook:
@@ -286,7 +233,7 @@ def test_the_cooldown_is_shared_by_processes_and_survives_a_corrupt_file(
     assert scheduler.alerts.notify("error", "training_failed", "two", model="x") is None
     assert scheduler.alerts.notify("error", "training_failed", "other", model="y") is not None
     code = ("from backend.ml.config import get_settings\n"
-            "from backend.ml.runs.runner import Services\n"
+            "from backend.ml.runs.services import Services\n"
             "print(Services.from_settings(get_settings()).alerts.notify("
             "'error', 'training_failed', 'three', model='x'))")
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "LOGS_DIR": str(settings.LOGS_DIR),

@@ -13,7 +13,7 @@ import pytest
 from cryptography.fernet import Fernet
 from sklearn.pipeline import Pipeline
 
-from backend.ml.history.document import History
+from backend.ml.history import History
 from backend.ml.registry.backups import (
     BackupError,
     backup_production,

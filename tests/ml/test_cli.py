@@ -83,3 +83,30 @@ def test_a_bad_setting_is_named_without_echoing_a_secret() -> None:
     assert "ALERT_WEBHOOK_URL: must be an http:// or https:// URL" in proc.stderr
     assert "SMTP_PORT" in proc.stderr and "'seventy'" in proc.stderr  # not secret: shown
     assert "s3cr3t" not in proc.stderr and "Traceback" not in proc.stderr
+
+
+HEAVY = ("pandas", "numpy", "sklearn", "joblib", "sqlalchemy")
+
+
+@pytest.mark.parametrize("command", ["history", "backups"])
+def test_read_only_commands_import_no_ml_library(command: str, tmp_path: Path) -> None:
+    wrapper = ("import sys\n"
+               "from backend.ml.cli import main\n"
+               f"code = main([{command!r}])\n"
+               "heavy = sorted(m for m in sys.modules if m.split('.')[0] in "
+               f"{HEAVY!r})\n"
+               "print('HEAVY=' + ','.join(heavy))\n"
+               "sys.exit(code)\n")
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "MODELS_DIR": str(tmp_path / "m"),
+           "LOGS_DIR": str(tmp_path / "l")}
+    proc = subprocess.run([sys.executable, "-c", wrapper], capture_output=True, text=True,
+                          env=env, timeout=60, cwd=REPO_ROOT)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[-1] == "HEAVY=", proc.stdout
+
+
+def test_train_has_no_hidden_service_flags(small_db: str) -> None:
+    for flag in (["--run-id", "run-x"], ["--actor", "api"], ["--options", "{}"]):
+        proc = run_cli("train", "--models", "scenario_analysis", *flag,
+                       env={"DATABASE_URL": small_db})
+        assert proc.returncode == 2 and "unrecognized arguments" in proc.stderr, flag

@@ -1,4 +1,5 @@
-"""The JSON training history: round trips, paging, stats, recovery, archiving, concurrency."""
+"""The JSON training history: round trips, paging, stats and trends, recovery, archiving,
+files written by the release before, concurrency."""
 
 from __future__ import annotations
 
@@ -8,14 +9,27 @@ import os
 import shutil
 import stat
 import tempfile
+import threading
+import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from backend.ml.history.document import History, HistoryPermissionError, HistoryWriteError
-from backend.ml.history import document as history_module
+from backend.ml import statefile
+from backend.ml.history import (
+    TREND_TOLERANCE,
+    History,
+    HistoryPermissionError,
+    HistoryWriteError,
+    Trend,
+    score_trend,
+)
+from backend.ml.statefile import Recovery
+
+FIXTURES = Path(__file__).parent / "fixtures"
 
 
 def run(run_id: str, ts: str, status: str = "success", *, scores: dict[str, float] | None = None,
@@ -40,6 +54,20 @@ def path(tmp_path: Path) -> Path:
 
 def ids(records: list[dict]) -> list[str]:
     return [r["run_id"] for r in records]
+
+
+def reporting(path: Path, **options: Any) -> tuple[History, list[Recovery]]:
+    """A History whose recoveries are recorded as critical alerts in that same history, the
+    way the service's alert path does it; and the list of what it reported."""
+    reports: list[Recovery] = []
+
+    def report(recovery: Recovery) -> None:
+        reports.append(recovery)
+        history.append_alert({"level": "critical", "kind": "history_corrupt",
+                              "message": recovery.message()})
+
+    history = History(path, on_recover=report, **options)
+    return history, reports
 
 
 def all_entries(history: History, kind: str) -> list[dict]:
@@ -183,18 +211,41 @@ def test_stats_success_rate_and_zero_model_runs(path: Path) -> None:
 
 def test_stats_per_model_trend(path: Path) -> None:
     history = History(path)
-    rising = [0.70, 0.72, 0.74, 0.76, 0.78, 0.80]
-    falling = [0.90, 0.88, 0.86, 0.84, 0.82, 0.80]
+    rising = [0.68, 0.70, 0.72, 0.74, 0.76, 0.78, 0.80]
+    falling = [0.92, 0.90, 0.88, 0.86, 0.84, 0.82, 0.80]
     for day, (up, down) in enumerate(zip(rising, falling, strict=True), start=1):
         scores = {"delay_prediction": up, "risk_assessment": down, "fuel_consumption": 0.8}
         history.append_training(run(f"r{day}", f"2025-02-0{day}T02:00:00+00:00", scores=scores))
     trend = history.stats()["per_model"]
-    assert trend["delay_prediction"]["scores"] == [0.72, 0.74, 0.76, 0.78, 0.80]  # last 5
+    assert trend["delay_prediction"]["scores"] == [0.70, 0.72, 0.74, 0.76, 0.78, 0.80]  # last 6
     assert trend["delay_prediction"]["direction"] == "improving"
     assert trend["delay_prediction"]["latest"] == 0.80
     assert trend["risk_assessment"]["direction"] == "declining"
     assert trend["risk_assessment"]["group"] == "risk_decision_models"
     assert trend["fuel_consumption"]["direction"] == "stable"
+
+
+def test_score_trend_fits_a_line_through_the_last_six_scores() -> None:
+    assert score_trend([]).direction == "stable"
+    assert score_trend([0.9, 0.1, 0.5]) == score_trend([]) == Trend("stable", 0.0)  # too few
+    falling = score_trend([0.80, 0.79, 0.78, 0.77])  # a fitted drop of exactly the tolerance
+    assert falling.direction == "declining" and falling.change == -TREND_TOLERANCE
+    assert score_trend([0.80, 0.81, 0.82, 0.83]).direction == "improving"
+    assert score_trend([0.80, 0.795, 0.79, 0.781]).direction == "stable"  # -0.0186
+    assert score_trend([0.80, 0.80, 0.80, 0.70, 0.80, 0.80]).direction == "stable"  # one dip
+    # Only the last six count: an old jump does not make a flat run "improving".
+    assert score_trend([0.1, 0.2, 0.8, 0.8, 0.8, 0.8, 0.8, 0.8]).change == 0.0
+    assert score_trend([0.8, float("nan"), 0.77, 0.74, 0.71]).direction == "declining"
+
+
+def test_score_trend_change_is_the_least_squares_line() -> None:
+    numpy = pytest.importorskip("numpy")
+    rng = numpy.random.default_rng(7)
+    for n in range(4, 10):
+        scores = list(rng.uniform(0.5, 0.9, size=n))
+        window = scores[-6:]
+        slope = numpy.polyfit(numpy.arange(len(window)), window, 1)[0]
+        assert score_trend(scores).change == pytest.approx(slope * (len(window) - 1), abs=1e-8)
 
 
 # ---- interrupted runs -------------------------------------------------------------------------
@@ -247,7 +298,7 @@ def corrupt_variants(path: Path) -> dict[str, bytes]:
 def test_corrupt_file_moved_aside_and_rebuilt(path: Path, variant: str) -> None:
     payload = corrupt_variants(path)[variant]
     path.write_bytes(payload)
-    history = History(path, rebuild=rebuilt)
+    history, reports = reporting(path, rebuild=rebuilt)
 
     page = history.trainings()  # a reader finds it and recovers
     assert [t["run_id"] for t in page] == ["from-meta"]
@@ -256,6 +307,7 @@ def test_corrupt_file_moved_aside_and_rebuilt(path: Path, variant: str) -> None:
     assert aside.name.startswith("training_history.json.corrupt-")
     assert aside.read_bytes() == payload  # byte for byte, never emptied
     assert [p.name for p in path.parent.glob("*.corrupt-*")] == [aside.name]
+    assert [r.moved_to for r in reports] == [aside]
     alerts = history.alerts()
     assert alerts[0]["level"] == "critical" and alerts[0]["kind"] == "history_corrupt"
     assert aside.name in alerts[0]["message"] and alerts[0]["id"]
@@ -271,7 +323,7 @@ def test_corrupt_file_found_by_a_writer_and_rebuild_that_raises(path: Path) -> N
     def broken() -> dict:
         raise RuntimeError("model metadata unreadable")
 
-    history = History(path, rebuild=broken)
+    history, _ = reporting(path, rebuild=broken)
     history.append_training({"run_id": "new", "status": "running"})
     assert [t["run_id"] for t in history.trainings()] == ["new"]
     assert history.recovered_from is not None
@@ -292,12 +344,173 @@ def test_recovery_keeps_archive_totals_and_skips_archived_runs(path: Path) -> No
     def rebuild() -> dict:  # model metadata knows every run, archived or not
         return {"trainings": [run(f"r{d}", f"2024-12-0{d}T02:00:00+00:00") for d in range(1, 9)]}
 
-    recovered = History(path, limits={"trainings": 5}, rebuild=rebuild)
+    recovered, _ = reporting(path, limits={"trainings": 5}, rebuild=rebuild)
     stats = recovered.stats()
     assert recovered.alerts()[0]["kind"] == "history_corrupt"
     assert stats["total_trainings"] == 8  # archived ones counted once, not twice
     assert sorted(t["run_id"] for t in all_entries(recovered, "trainings")) == sorted(
         f"r{d}" for d in range(1, 9))
+
+
+DAMAGE = ("truncated", "emptied", "wrong_shape", "bad_totals", "garbage")
+
+
+def damaged(whole: bytes, kind: str) -> bytes:
+    return {"truncated": whole[: len(whole) // 2], "emptied": b"",
+            "wrong_shape": b'{"trainings": {"r1": {}}, "model_versions": []}',
+            "bad_totals": b'{"trainings": [], "archive": {"trainings": {"count": "many"}}}',
+            "garbage": bytes(range(255, -1, -1)) * 4}[kind]
+
+
+def eight_runs() -> dict:
+    """What the model metadata knows: every run, archived or not."""
+    return {"trainings": [run(f"r{d}", f"2024-12-0{d}T02:00:00+00:00",
+                              trigger="retrain" if d % 3 == 0 else "daily")
+                          for d in range(1, 9)]}
+
+
+def read_at_once(readers: list[History], read: Callable[[History], Any]) -> list[Any]:
+    """`read` on every reader from its own thread, all let go at the same instant."""
+    start = threading.Barrier(len(readers))
+    results: list[Any] = [None] * len(readers)
+
+    def work(i: int) -> None:
+        start.wait()
+        try:
+            results[i] = read(readers[i])
+        except BaseException as exc:  # handed to the test thread
+            results[i] = exc
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(readers))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    return results
+
+
+@pytest.mark.parametrize("kind", DAMAGE)
+def test_damaged_main_file_is_recovered_once_by_concurrent_readers(path: Path, kind: str) -> None:
+    limits = {"trainings": 5, "alerts": 2}
+    history = History(path, limits=limits)
+    history.extend(**eight_runs())  # r1-r4 go to the 2024 archive
+    for i in range(4):
+        history.append_alert({"kind": f"k{i % 2}", "timestamp": "2024-12-09T00:00:00+00:00"})
+    assert history.archived_years() == [2024]
+    stats, totals = history.stats(), history.metrics_totals()
+    archived_alerts = history.archive(2024)["alerts"]
+    whole = path.read_bytes()
+
+    for round_ in range(3):  # the race again, over a freshly damaged file each time
+        payload = damaged(whole, kind)
+        path.write_bytes(payload)
+        reports: list[Recovery] = []
+        readers = [History(path, limits=limits, rebuild=eight_runs, on_recover=reports.append)
+                   for _ in range(4)]
+        seen = read_at_once(readers, lambda h: (h.stats(), h.trainings(limit=100)))
+
+        assert len(reports) == 1, reports
+        recovery = reports[0]
+        assert recovery.path == path and recovery.moved_to.read_bytes() == payload
+        assert len(list(path.parent.glob("training_history.json.corrupt-*"))) == round_ + 1
+        assert [r.recovered_from for r in readers if r.recovered_from] == [recovery.moved_to]
+        # Every reader sees the rebuilt history; archived runs are counted once, from the
+        # year file, and the recent ones come from the rebuild.
+        assert all(s == stats for s, _ in seen)
+        assert all([t["run_id"] for t in page] == ["r8", "r7", "r6", "r5"]
+                   for _, page in seen)
+        after = History(path).metrics_totals()
+        assert {k: v for k, v in after.items() if k != "alerts_by_kind"} == {
+            k: v for k, v in totals.items() if k != "alerts_by_kind"}
+        assert after["alerts_by_kind"] == {"k0": 1, "k1": 1} and len(archived_alerts) == 2
+        assert recovery.rebuilt.startswith("4 recent trainings") and "(4 trainings)" in (
+            recovery.message())
+
+
+def test_missing_main_file_is_rebuilt_once_by_concurrent_readers(path: Path) -> None:
+    history = History(path, limits={"trainings": 5})
+    for day in range(1, 9):
+        history.append_training(run(f"r{day}", f"2024-12-0{day}T02:00:00+00:00"))
+    stats = history.stats()
+    path.unlink()
+    reports: list[Recovery] = []
+    readers = [History(path, limits={"trainings": 5}, rebuild=eight_runs,
+                       on_recover=reports.append) for _ in range(4)]
+    seen = read_at_once(readers, History.stats)
+    assert len(reports) == 1 and "missing" in reports[0].message()
+    assert all(s["total_trainings"] == stats["total_trainings"] == 8 for s in seen)
+    assert not list(path.parent.glob("*.corrupt-*"))
+    assert all(r.recovered_from is None for r in readers)
+
+
+@pytest.mark.parametrize("archives", [True, False], ids=["with-archives", "no-archives"])
+def test_readers_meeting_a_recovery_half_way_see_the_rebuilt_history(
+        path: Path, monkeypatch: pytest.MonkeyPatch, archives: bool) -> None:
+    """Between moving the damaged file aside and writing its replacement the file is not
+    there; a reader arriving then waits for the replacement instead of reading nothing."""
+    history = History(path, limits={"trainings": 5 if archives else 50})
+    history.extend(**eight_runs())
+    assert bool(history.archived_years()) is archives
+    real_move_aside = statefile.move_aside
+
+    def slow_move_aside(target: Path, **options: bool) -> Path:
+        aside = real_move_aside(target, **options)
+        time.sleep(0.05)
+        return aside
+
+    monkeypatch.setattr(statefile, "move_aside", slow_move_aside)
+    path.write_bytes(b"{")
+    reports: list[Recovery] = []
+    readers = [History(path, rebuild=eight_runs, on_recover=reports.append) for _ in range(5)]
+
+    def staggered(reader: History) -> int:
+        time.sleep(0.01 * readers.index(reader))
+        return int(reader.stats()["total_trainings"])
+
+    assert read_at_once(readers, staggered) == [8] * 5
+    assert len(reports) == 1
+
+
+def test_a_failing_report_does_not_undo_the_recovery(path: Path) -> None:
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"{")
+
+    def broken(recovery: Recovery) -> None:
+        raise RuntimeError("mail server down")
+
+    history = History(path, rebuild=rebuilt, on_recover=broken)
+    assert [t["run_id"] for t in history.trainings()] == ["from-meta"]
+    assert len(history.recoveries) == 1 and history.recovered_from is not None
+    assert [t["run_id"] for t in History(path).trainings()] == ["from-meta"]
+
+
+def test_damaged_year_archive_is_moved_aside_when_written_and_reported(path: Path) -> None:
+    history, reports = reporting(path, limits={"trainings": 5})
+    for day in range(1, 7):
+        history.append_training(run(f"r{day}", f"2024-12-0{day}T02:00:00+00:00"))
+    archive = history.archive_path(2024)
+    assert [t["run_id"] for t in history.archive(2024)["trainings"]] == ["r1", "r2"]
+    archive.write_bytes(b"\x00garbage")
+
+    # A reader skips it: nothing is moved, nothing reported.
+    assert [t["run_id"] for t in history.trainings(archived=True)] == ["r6", "r5", "r4", "r3"]
+    assert history.archive(2024)["trainings"] == [] and reports == []
+    assert archive.read_bytes() == b"\x00garbage"
+
+    # The next spill into that year moves it aside and starts a new one.
+    for day in (7, 8):
+        history.append_training(run(f"r{day}", f"2024-12-0{day}T02:00:00+00:00"))
+    assert len(reports) == 1
+    recovery = reports[0]
+    assert recovery.path == archive and recovery.moved_to.read_bytes() == b"\x00garbage"
+    assert recovery.moved_to.name.startswith("training_history.2024.json.corrupt-")
+    assert [t["run_id"] for t in history.archive(2024)["trainings"]] == ["r3", "r4"]
+    assert history.stats()["total_trainings"] == 8  # the lost file's runs are still counted
+    assert history.alerts()[0]["message"] == recovery.message()
+    assert history.recovered_from is None  # the main file was never damaged
 
 
 # ---- archiving --------------------------------------------------------------------------------
@@ -380,12 +593,14 @@ def test_main_file_deleted_while_archives_exist_recounts_them(path: Path) -> Non
     for day in range(1, 9):
         history.append_training(run(f"r{day}", f"2024-12-0{day}T02:00:00+00:00"))
     path.unlink()
-    fresh = History(path, limits={"trainings": 5})
+    fresh, reports = reporting(path, limits={"trainings": 5})
     stats = fresh.stats()
     assert stats["total_trainings"] == len(all_entries(fresh, "trainings")) < 8
     assert stats["successful_trainings"] == stats["total_trainings"]
-    assert fresh.alerts()[0]["kind"] == "history_missing"
+    assert len(reports) == 1 and "missing" in reports[0].message()
+    assert fresh.alerts()[0]["message"] == reports[0].message()
     assert fresh.recovered_from is None and path.exists()
+    assert not list(path.parent.glob("*.corrupt-*"))
 
 
 def test_crash_between_archive_and_main_write_doubles_nothing(
@@ -393,18 +608,18 @@ def test_crash_between_archive_and_main_write_doubles_nothing(
     history = History(path, limits={"trainings": 5})
     for day in range(1, 6):
         history.append_training(run(f"r{day}", f"2024-05-0{day}T02:00:00+00:00"))
-    real_write = history_module.atomic_write_json
+    real_write = statefile.atomic_write_bytes
 
-    def crash_on_main(target: Path, obj: object, **kwargs: Any) -> None:
+    def crash_on_main(target: Path, payload: bytes, **kwargs: Any) -> None:
         if target == path:
             raise OSError(5, "simulated crash")
-        real_write(target, obj, **kwargs)
+        real_write(target, payload, **kwargs)
 
-    monkeypatch.setattr(history_module, "atomic_write_json", crash_on_main)
+    monkeypatch.setattr(statefile, "atomic_write_bytes", crash_on_main)
     with pytest.raises(HistoryWriteError):
         history.append_training(run("r6", "2024-05-06T02:00:00+00:00"))
     assert history.archive(2024)["trainings"]  # the archive got written, the main file not
-    monkeypatch.setattr(history_module, "atomic_write_json", real_write)
+    monkeypatch.setattr(statefile, "atomic_write_bytes", real_write)
 
     history.append_training(run("r6", "2024-05-06T02:00:00+00:00"))
     history.append_training(run("r7", "2024-05-07T02:00:00+00:00"))
@@ -426,6 +641,54 @@ def test_extend_appends_in_bulk_with_archiving(path: Path) -> None:
     assert history.alerts()[0]["id"]
     with pytest.raises(ValueError):
         history.extend(trainings=[run("r8", "2022-06-01T02:00:00+00:00")])
+
+
+# ---- files written by the release before ---------------------------------------------------
+
+
+def test_reads_a_history_written_by_the_release_before(tmp_path: Path) -> None:
+    """`fixtures/history_v1` is a main file and a 2024 archive as the release before wrote
+    them (limits 5 trainings, 4 checks, 3 alerts, 2 versions), with what that release read
+    back from them."""
+    source = FIXTURES / "history_v1"
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    for name in ("training_history.json", "training_history.2024.json"):
+        shutil.copy(source / name, logs / name)
+    path = logs / "training_history.json"
+    old_file = json.loads(path.read_text())
+    expected = json.loads((source / "reads_by_that_release.json").read_text())
+    reports: list[Recovery] = []
+    history = History(path, on_recover=reports.append)
+
+    assert history.trainings(limit=1000, archived=True) == expected["trainings"]
+    assert history.trainings(limit=1000) == expected["main_trainings"]
+    assert history.checks(limit=1000, archived=True) == expected["checks"]
+    assert history.alerts(limit=1000, archived=True) == expected["alerts"]
+    assert history.model_versions() == expected["model_versions"]
+    assert history.archived_years() == expected["archived_years"] == [2024]
+    assert history.archive(2024) == expected["archive_2024"]
+    assert json.loads(json.dumps(history.metrics_totals())) == expected["metrics_totals"]
+    stats, old_stats = history.stats(), expected["stats"]
+    trends, old_trends = stats.pop("per_model"), old_stats.pop("per_model")
+    assert stats == old_stats
+    for trend in (*trends.values(), *old_trends.values()):  # the trend rule changed since
+        del trend["direction"]
+    assert trends == old_trends
+    assert reports == [] and not list(logs.glob("*.corrupt-*"))
+
+    # It goes on from there: the archived totals are kept as they were.
+    history.update_training("r10", status="failed", successful_models=0)
+    again = History(path)
+    assert again.stats()["total_trainings"] == old_stats["total_trainings"] + 1
+    assert again.stats()["by_status"]["failed"] == old_stats["by_status"]["failed"] + 1
+    assert json.loads(path.read_text())["archive"] == old_file["archive"]
+
+    # Its year archive alone recounts to the totals that release kept.
+    path.unlink()
+    reports = []
+    History(path, on_recover=reports.append).stats()
+    assert len(reports) == 1 and json.loads(path.read_text())["archive"] == old_file["archive"]
 
 
 # ---- concurrency, permissions ---------------------------------------------------------------

@@ -11,9 +11,12 @@ import pytest
 from backend.ml.config import Settings
 from backend.ml.data import loading, synthetic
 from backend.ml.fleet import specs
-from backend.ml.monitoring.check import Monitor, declining_by, drift_report, psi
-from backend.ml.runs.runner import Runner, Services
+from backend.ml.history.stats import score_trend
+from backend.ml.monitoring.check import Monitor
+from backend.ml.runs.runner import Runner
+from backend.ml.runs.services import Services
 from backend.ml.training import trainer
+from backend.ml.training.drift import drift_report, psi
 from tests.conftest import make_database
 
 
@@ -165,6 +168,9 @@ def test_a_steady_slide_in_live_score_is_a_performance_degradation_warning(
 
 
 def test_declining_by_needs_enough_checks_and_a_downward_line() -> None:
+    def declining_by(scores: list[float]) -> float:
+        return max(0.0, -score_trend(scores).change)
+
     assert declining_by([0.9, 0.8, 0.7]) == 0.0  # too few to call a trend
     assert declining_by([0.7, 0.75, 0.8, 0.85]) == 0.0
     assert declining_by([0.9, 0.87, 0.84, 0.81]) == pytest.approx(0.09)

@@ -17,8 +17,12 @@ from backend.ml.config import REPO_ROOT, Settings
 from backend.ml.data import loading, synthetic
 from backend.ml.fleet import specs
 from backend.ml.fsio import file_lock, lock_holder
-from backend.ml.history.document import History
-from backend.ml.runs.runner import RunInProgressError, Runner, Services
+from backend.ml.history import History
+from backend.ml.runs import worker
+from backend.ml.runs.progress import RunInProgressError, RunProgress, current_run, progress_file
+from backend.ml.runs.runner import Runner
+from backend.ml.runs.services import Services
+from backend.ml.statefile import Recovery
 from backend.ml.training import trainer
 from tests.conftest import make_database
 
@@ -130,7 +134,8 @@ def test_corrupted_history_is_moved_aside_and_rebuilt(small_db: str, tmp_path: P
     assert history.recovered_from is not None
     assert history.recovered_from.read_bytes() == garbage
     assert len(rebuilt) == 1 and rebuilt[0]["models_trained"] == 2
-    assert any(a["kind"] == "history_corrupt" for a in history.alerts())
+    [alert] = [a for a in history.alerts() if a["kind"] == "state_file_recovered"]
+    assert alert["level"] == "critical" and alert["moved_to"] == str(history.recovered_from)
 
 
 def test_two_runs_at_once_exactly_one_runs(small_db: str, tmp_path: Path) -> None:
@@ -268,3 +273,94 @@ def test_a_run_over_the_slow_limit_is_alerted(small_db: str, tmp_path: Path) -> 
     slow = [a for a in runner.services.history.alerts() if a["kind"] == "training_slow"]
     assert len(slow) == 1 and slow[0]["run_id"] == summary["run_id"], slow
     assert slow[0]["duration_seconds"] > slow[0]["limit_seconds"]
+
+
+# ---- is a run going: current_run ------------------------------------------------------------
+
+def test_current_run_follows_the_lock_and_the_progress(tmp_path: Path) -> None:
+    logs = tmp_path / "logs"
+    assert current_run(logs) is None  # no lock file at all
+    lock = logs / "training.lock"
+    with file_lock(lock, timeout=0, purpose="run_id=run-a daily"):
+        early = current_run(logs)  # the instant before the run writes its progress
+        assert early is not None and early.run_id == "run-a" and early.trigger == "daily"
+        assert early.models == [] and early.total == 0 and early.started_at
+        progress_file(logs).write(RunProgress(
+            run_id="run-a", trigger="daily", started_at="2026-01-01T02:00:00+00:00", total=2,
+            done=1, in_flight=["b"], finished=["a"], models=["a", "b"]))
+        now = current_run(logs)
+        assert now is not None and now.models == ["a", "b"] and now.done == 1
+        progress_file(logs).write(now.model_copy(update={"run_id": "run-stale"}))
+        stale = current_run(logs)  # a crash left another run's progress: the lock wins
+        assert stale is not None and stale.run_id == "run-a" and stale.models == []
+    assert current_run(logs) is None  # progress left behind, but nobody holds the lock
+
+
+@pytest.mark.parametrize("garbage", [b"", b"\x00\xff\xfe garbage", b"run_id=", b"x" * 10000])
+def test_current_run_never_raises_on_garbage(tmp_path: Path, garbage: bytes) -> None:
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    (logs / "training_progress.json").write_bytes(garbage or b'{"run_id": ')
+    recovered: list[Recovery] = []
+    lock = logs / "training.lock"
+    with file_lock(lock, timeout=0):
+        lock.write_bytes(garbage)  # whatever a crash or a hand left in the holder text
+        progress = current_run(logs, on_recover=recovered.append)
+    assert progress is not None and progress.run_id == "" and progress.models == []
+    assert len(recovered) == 1 and recovered[0].moved_to.exists()
+
+
+def test_runner_writes_progress_first_and_removes_it_at_the_end(small_db: str,
+                                                                tmp_path: Path) -> None:
+    settings = settings_for(tmp_path, small_db)
+    seen: list[RunProgress | None] = []
+    runner = Runner(Services.from_settings(settings))
+    runner.run(models=FAST[:2], on_result=lambda _: seen.append(current_run(settings.LOGS_DIR)))
+    assert [p.models if p else None for p in seen] == [FAST[:2], FAST[:2]]
+    assert seen[-1] is not None and seen[-1].done == 2 and seen[-1].in_flight == []
+    assert not (settings.LOGS_DIR / "training_progress.json").exists()
+    assert runner.current() is None
+
+
+# ---- the worker protocol --------------------------------------------------------------------
+
+def test_the_worker_answers_one_json_line_and_errors_by_kind(small_db: str,
+                                                             tmp_path: Path) -> None:
+    settings = settings_for(tmp_path, small_db)
+    child = worker.spawn(settings, {"job": "train", "models": ["nope"]})
+    out, _ = child.communicate(timeout=120)
+    [line] = out.splitlines()
+    answer = json.loads(line)
+    assert answer["ok"] is False and answer["error"]["kind"] == "invalid"
+    assert "unknown model 'nope'" in answer["error"]["message"]
+    with pytest.raises(worker.InvalidRequest, match="job must be"):
+        worker.run_job(settings, {"job": "dance"})
+    with file_lock(settings.LOGS_DIR / "training.lock", timeout=0, purpose="run_id=run-x"):
+        with pytest.raises(RunInProgressError, match="run-x") as caught:
+            Runner(Services.from_settings(settings), isolated=True).run(models=FAST[:1])
+        assert caught.value.run_id == "run-x"
+        started = time.monotonic()
+        with pytest.raises(RunInProgressError, match="run-x"):
+            Runner(Services.from_settings(settings)).start(models=FAST[:1])
+        assert time.monotonic() - started < 30  # at once: not after a start-up timeout
+    assert worker.parse_answer(0, 'noise\n{"ok": true, "result": 3}\n', "") == 3
+    with pytest.raises(worker.WorkerError, match="code -9 without an answer: Killed"):
+        worker.parse_answer(-9, "", "loading\nKilled\n")
+
+
+def test_an_isolated_run_returns_the_summary_and_start_returns_once_the_lock_is_held(
+        small_db: str, tmp_path: Path) -> None:
+    settings = settings_for(tmp_path, small_db)
+    runner = Runner(Services.from_settings(settings), isolated=True)
+    summary = runner.run(models=FAST[:1], actor="api")
+    assert summary["status"] == "success" and summary["run_id"].startswith("run-")
+    run_id, reaper = runner.start(models=FAST[:1], actor="api", run_id="run-started")
+    assert run_id == "run-started"
+    record = runner.services.history.get_training(run_id)
+    progress = runner.progress()
+    assert (progress is not None and progress.run_id == run_id) or (
+        record is not None and record["status"] != "running")
+    reaper.join(120)
+    record = runner.services.history.get_training(run_id)
+    assert record is not None and record["status"] == "success" and record["actor"] == "api"
+

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -13,8 +16,12 @@ import time_machine
 
 from backend.ml.config import Settings
 from backend.ml.fsio import file_lock
-from backend.ml.runs.runner import RunInProgressError, Runner, Services
-from backend.ml.runs.scheduler import TrainingScheduler, next_daily_time, previous_daily_time
+from backend.ml.runs.clock import next_daily_time, previous_daily_time
+from backend.ml.runs.progress import RunInProgressError, RunProgress
+from backend.ml.runs.runner import Runner
+from backend.ml.runs.scheduler import TrainingScheduler
+from backend.ml.runs.services import Services
+from backend.ml.runs.worker import ChildCheck
 
 
 class FakeRunner(Runner):
@@ -34,8 +41,11 @@ class FakeRunner(Runner):
         self.calls.append(kwargs["trigger"])
         return {}
 
-    def current(self) -> dict[str, Any] | None:
-        return {"run_id": "run-busy"} if self.busy else None
+    def progress(self) -> RunProgress | None:
+        if not self.busy:
+            return None
+        return RunProgress(run_id="run-busy", trigger="manual", started_at="", total=1,
+                           done=0, in_flight=["x"], finished=[], models=["x"])
 
 
 def make(tmp_path: Path, **env: Any) -> tuple[TrainingScheduler, FakeRunner, list[str]]:
@@ -197,3 +207,57 @@ def test_a_first_start_catches_up_without_a_missed_run_alert(tmp_path: Path) -> 
     assert scheduler.catch_up() is True
     assert runner.calls == ["catch-up"]
     assert runner.services.history.alerts() == []
+
+
+class SleepingCheck(ChildCheck):
+    """A check whose child is a process that ignores nothing and sleeps: stands in for a
+    long check, to see that stopping the scheduler ends it."""
+
+    def __call__(self) -> Any:
+        with self._lock:
+            if self._stopping:
+                raise RuntimeError("stopping")
+            child = self._child = subprocess.Popen(
+                [sys.executable, "-c", "import time; time.sleep(600)"],
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.started.set()
+        try:
+            child.communicate()
+            return {"returncode": child.returncode}
+        finally:
+            with self._lock:
+                self._child = None
+
+    started = threading.Event()
+
+
+def test_stopping_the_scheduler_ends_a_running_check_child(tmp_path: Path) -> None:
+    settings = Settings(MODELS_DIR=tmp_path / "m", LOGS_DIR=tmp_path / "l",
+                        PERFORMANCE_CHECK_INTERVAL=86400)
+    runner = FakeRunner(Services.from_settings(settings))
+    check = SleepingCheck(settings, grace_seconds=2)
+    check.started = threading.Event()
+    scheduler = TrainingScheduler(runner, check=check)
+    scheduler.catch_up = lambda: False  # type: ignore[method-assign]
+    scheduler.start()
+    _wait(lambda: scheduler.active)
+    job = threading.Thread(target=scheduler._run_job, args=("check",))
+    job.start()
+    assert check.started.wait(10)
+    started = time.monotonic()
+    scheduler.stop()
+    job.join(10)
+    assert not job.is_alive() and time.monotonic() - started < 8
+    assert not scheduler.active
+    assert runner.services.history.alerts() == []  # ended by a stop: not a job failure
+
+
+def test_a_check_runs_in_a_worker_process_and_answers_in_json(small_db: str,
+                                                              tmp_path: Path) -> None:
+    settings = Settings(MODELS_DIR=tmp_path / "m", LOGS_DIR=tmp_path / "l",
+                        DATABASE_URL=small_db)
+    entry = ChildCheck(settings)()  # nothing trained: every model is "no_model"
+    assert entry["check_id"].startswith("check-")
+    assert {m["verdict"] for m in entry["models"].values()} == {"no_model"}
+    assert Services.from_settings(settings).history.checks(limit=1)[0]["check_id"] == (
+        entry["check_id"])

@@ -14,13 +14,13 @@ from sklearn.pipeline import Pipeline
 
 from backend.ml.fleet import specs
 from backend.ml.fleet.specs import UnknownModelError
+from backend.ml.registry.promotion import promotion_decision
 from backend.ml.registry.store import (
     ChecksumError,
     ModelStore,
     NoProductionModelError,
     StoreError,
     UnknownVersionError,
-    promotion_decision,
 )
 from backend.ml.training.trainer import TrainResult
 
@@ -168,16 +168,23 @@ def test_checksum_mismatch_is_refused_before_unpickling_and_serving_falls_back(
     assert len(alerts) == 1 and "nothing is served" in alerts[0][2]
 
 
-def test_serving_falls_back_to_newest_verifying_when_registry_is_unreadable(
+def test_an_unreadable_registry_is_rebuilt_from_the_audit_and_production_serves(
         models_dir: Path, estimators: tuple[Pipeline, Pipeline]) -> None:
-    ms = ModelStore(models_dir)
+    recoveries = []
+    ms = ModelStore(models_dir, on_recover=recoveries.append)
     saved_and_promoted(ms, *estimators)
+    ms.rollback(NAME, actor="cli")  # production v0001, previous v0002
+    before = ms.aliases(NAME)
     ms.registry_path.write_text("{not json")
     alerts: list[tuple[str, str, str]] = []
     served = ms.load_serving(NAME, lambda *a: alerts.append(a))
-    assert served is not None and served[1]["version"] == "v0002"
-    assert served[1]["served_as"] == "fallback"
-    assert len(alerts) == 1 and str(ms.registry_path) in alerts[0][2]
+    assert served is not None and served[1]["version"] == "v0001"
+    assert served[1]["served_as"] == "production" and alerts == []
+    assert ms.aliases(NAME) == before
+    assert len(recoveries) == 1 and recoveries[0].moved_to.exists()
+    assert "scenario_analysis v0001" in recoveries[0].rebuilt
+    ms.save(result(estimators[0]), run_id="r")  # numbering goes on from the files
+    assert ms.committed(NAME)[-1] == "v0003"
 
 
 def test_nothing_promoted_serves_nothing_without_alert(models_dir: Path,

@@ -21,8 +21,8 @@ from fastapi.responses import HTMLResponse
 from backend.app.deps import ServicesDep, SettingsDep, SpecDep
 from backend.app.routes.models import threshold
 from backend.app.schemas import Envelope, Timeline, error_responses
-from backend.ml.history.document import parse_timestamp
-from backend.ml.runs.runner import Services
+from backend.ml.history import parse_timestamp
+from backend.ml.runs.services import Services
 
 router = APIRouter()
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"

@@ -6,8 +6,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import numpy as np
@@ -20,7 +18,6 @@ from threadpoolctl import threadpool_limits
 from backend.app.deps import (
     EstimatorCache,
     EstimatorsDep,
-    RunnerDep,
     ServicesDep,
     SettingsDep,
     SpecDep,
@@ -30,7 +27,6 @@ from backend.app.schemas import (
     Envelope,
     ModelDetail,
     ModelList,
-    ModelState,
     PredictData,
     PredictRequest,
     RollbackData,
@@ -41,10 +37,9 @@ from backend.app.schemas import (
 from backend.ml.config import Settings
 from backend.ml.fleet import specs
 from backend.ml.fleet.specs import ModelSpec
-from backend.ml.history.document import parse_timestamp
-from backend.ml.monitoring.check import read_state
+from backend.ml.monitoring.health import newest_check, read_fleet
 from backend.ml.registry.store import NoProductionModelError, StoreError, UnknownVersionError
-from backend.ml.runs.runner import Runner, Services
+from backend.ml.runs.services import Services
 from backend.ml.training import trainer
 
 router = APIRouter(prefix="/ml/models", tags=["models"])
@@ -61,90 +56,21 @@ def threshold(spec: ModelSpec, settings: Settings) -> float:
                                settings.threshold_overrides())
 
 
-def last_check(services: Services, name: str) -> dict[str, Any] | None:
-    """This model's entry in the newest check that scored it, with the check's id and time."""
-    for check in services.history.checks(limit=1, model=name):
-        entry = (check.get("models") or {}).get(name)
-        if isinstance(entry, dict):
-            return {**entry, "check_id": check.get("check_id"),
-                    "timestamp": check.get("timestamp")}
-    return None
-
-
-def running_models(runner: Runner, services: Services) -> set[str]:
-    """The models of the run now holding the training lock (from any process); empty when
-    none runs. Its progress lists them (in flight + finished); in its first instants only
-    the history record it has just written does."""
-    current = runner.current()
-    if current is None:
-        return set()
-    if "in_flight" in current:
-        return {*current.get("in_flight", []), *current.get("finished", [])}
-    run_id = current.get("run_id")
-    record = services.history.get_training(str(run_id), archived=False) if run_id else None
-    return {str(n) for n in (record or {}).get("models") or []}
-
-
-def own_state(monitor: Mapping[str, Any], name: str) -> Mapping[str, Any]:
-    entry = monitor.get(name)
-    return entry if isinstance(entry, dict) else {}
-
-
-def model_state(*, has_version: bool, production: str | None, running: bool,
-                monitor: Mapping[str, Any], check: Mapping[str, Any] | None,
-                now: datetime) -> ModelState:
-    """One word for the dashboard's badge, first that applies: retraining (a run includes
-    it, even a first training), no_version, cooling_down (retrains exhausted, waiting for
-    new data or the next daily run), degraded or watch (the newest check of the version
-    now serving said so), else healthy. A check of an older version says nothing about
-    the one that replaced it, so it is ignored."""
-    if running:
-        return "retraining"
-    if not has_version:
-        return "no_version"
-    cooldown = monitor.get("cooldown")
-    until = parse_timestamp(cooldown.get("until")) if isinstance(cooldown, dict) else None
-    if until is not None and until > now:
-        return "cooling_down"
-    if check is not None and check.get("version", production) == production:
-        verdict = check.get("verdict")
-        if verdict == "degraded":
-            return "degraded"
-        if verdict == "watch":
-            return "watch"
-    return "healthy"
-
-
 @router.get("", response_model=Envelope[ModelList])
-def list_models(settings: SettingsDep, services: ServicesDep,
-                runner: RunnerDep) -> Envelope[ModelList]:
+def list_models(settings: SettingsDep, services: ServicesDep) -> Envelope[ModelList]:
     """All 17: what serves, how it scored at training and in the newest live check, and
     its `state` (see ModelSummary)."""
     rows = []
-    running = running_models(runner, services)
-    monitor = read_state(settings.LOGS_DIR)
-    now = datetime.now(UTC)
-    for name in specs.MODEL_NAMES:
-        spec = specs.get_spec(name)
-        meta, error = None, None
-        try:
-            meta = services.store.production_meta(name)
-        except StoreError as exc:  # one unreadable model must not hide the other 16
-            error = str(exc)
-        check = last_check(services, name)
+    for status in read_fleet(services.store, settings, on_recover=services.report_recovery):
+        meta = status.production or {}
         rows.append({
-            "name": name, "group": spec.group, "task": spec.task, "metric": spec.metric,
-            "threshold": threshold(spec, settings),
-            "production_version": meta.get("version") if meta else None,
-            "score": meta.get("score") if meta else None,
-            "baseline": meta.get("baseline") if meta else None,
-            "passed": meta.get("passed") if meta else None,
-            "trained_at": meta.get("created_at") if meta else None,
-            "last_check": check, "error": error,
-            "state": model_state(has_version=meta is not None or error is not None,
-                                 production=meta.get("version") if meta else None,
-                                 running=name in running, monitor=own_state(monitor, name),
-                                 check=check, now=now)})
+            "name": status.name, "group": status.group, "task": status.task,
+            "metric": status.metric, "threshold": status.threshold,
+            "production_version": meta.get("version"), "score": meta.get("score"),
+            "baseline": meta.get("baseline"), "passed": meta.get("passed"),
+            "trained_at": meta.get("created_at"),
+            "last_check": newest_check(services.history, status.name), "error": status.error,
+            "state": status.health.state.value, "state_reason": status.health.reason})
     return Envelope(data=ModelList.model_validate({"models": rows}))
 
 
@@ -167,7 +93,7 @@ def model_detail(spec: SpecDep, settings: SettingsDep,
         "features": [{"name": f, "kind": "categorical" if f in categorical else "numeric"}
                      for f in spec.features],
         "aliases": aliases, "production": production,
-        "last_check": last_check(services, spec.name), "error": error}))
+        "last_check": newest_check(services.history, spec.name), "error": error}))
 
 
 @router.get("/{name}/versions", response_model=Envelope[VersionList],

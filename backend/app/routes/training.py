@@ -34,7 +34,8 @@ from backend.app.schemas import (
 )
 from backend.ml.config import Settings
 from backend.ml.fsio import lock_holder
-from backend.ml.runs.runner import RunInProgressError, new_run_id
+from backend.ml.runs.progress import RunInProgressError
+from backend.ml.runs.runner import new_run_id
 from backend.ml.runs.scheduler import LEASE_FILE
 
 logger = logging.getLogger("backend.app")

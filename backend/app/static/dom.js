@@ -6,10 +6,12 @@
 
   var Dash = window.Dash = window.Dash || {};
 
-  // The badge words for GET /ml/models `state`.
+  // The badge words for GET /ml/models `state` (backend/ml/monitoring/health.py decides
+  // the state; the page only names it), in the order of that module's precedence.
   Dash.STATES = {
-    healthy: 'Healthy', watch: 'Watch', degraded: 'Degraded', retraining: 'Retraining',
-    cooling_down: 'Cooling down', no_version: 'No version'
+    no_version: 'No version', retraining: 'Retraining', training: 'Training',
+    cooling_down: 'Cooling down', degraded: 'Degraded', watch: 'Watch',
+    below_threshold: 'Below threshold', healthy: 'Healthy'
   };
   var DASH = '\u2014';
 

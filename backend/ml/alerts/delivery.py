@@ -1,5 +1,5 @@
 """Delivery of one alert to every channel, each in its own background thread, retried with
-exponential backoff; a failure is logged (scrubbed of the channel's secrets) and never
+exponential backoff (tenacity); a failure is logged (scrubbed of the channel's secrets) and never
 reaches the code that raised the alert. The threads are not daemons on purpose: a
 short-lived process (a training child) waits for its alerts to go out before it exits.
 Outcomes are kept on the returned `Delivery` so a caller can wait and report."""
@@ -13,6 +13,8 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from tenacity import RetryCallState, RetryError, Retrying, stop_after_attempt, wait_exponential
 
 from backend.ml.alerts.channels import Channel, DeliveryError, describe, scrub
 
@@ -111,25 +113,33 @@ class Dispatcher:
 
     def _deliver(self, channel: Channel, record: Mapping[str, Any], outcome: Outcome) -> None:
         secrets = getattr(channel, "secrets", ())
+        kind = record.get("kind")
+
+        def send() -> None:
+            outcome.attempts += 1
+            try:
+                channel(record)
+            except Exception as exc:  # any failure is retried, then reported, never raised
+                outcome.error = scrub(_reason(exc), secrets)
+                raise
+
+        def retrying_in(state: RetryCallState) -> None:
+            delay = state.next_action.sleep if state.next_action is not None else 0.0
+            logger.warning("alert %s: delivery via %s failed (attempt %d of %d): %s; "
+                           "retrying in %.2g s", kind, outcome.channel, state.attempt_number,
+                           self.attempts, outcome.error, delay)
+
+        retrying = Retrying(stop=stop_after_attempt(self.attempts),
+                            wait=wait_exponential(multiplier=self.backoff_seconds, min=0),
+                            before_sleep=retrying_in)
         try:
-            for attempt in range(1, self.attempts + 1):
-                outcome.attempts = attempt
-                try:
-                    channel(record)
-                except Exception as exc:  # any failure is retried, then reported, never raised
-                    outcome.error = scrub(_reason(exc), secrets)
-                else:
-                    outcome.ok, outcome.error = True, None
-                    logger.info("alert %s delivered via %s", record.get("kind"), outcome.channel)
-                    return
-                if attempt < self.attempts:
-                    delay = self.backoff_seconds * 2 ** (attempt - 1)
-                    logger.warning("alert %s: delivery via %s failed (attempt %d of %d): %s; "
-                                   "retrying in %.2g s", record.get("kind"), outcome.channel,
-                                   attempt, self.attempts, outcome.error, delay)
-                    time.sleep(delay)
+            retrying(send)
+        except RetryError:
             logger.error("alert %s: delivery via %s failed after %d attempts: %s",
-                         record.get("kind"), outcome.channel, self.attempts, outcome.error)
+                         kind, outcome.channel, self.attempts, outcome.error)
+        else:
+            outcome.ok, outcome.error = True, None
+            logger.info("alert %s delivered via %s", kind, outcome.channel)
         finally:
             with self._lock:
                 self._pending.discard(threading.current_thread())

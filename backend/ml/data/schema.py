@@ -162,6 +162,11 @@ def get_table(name: str) -> sa.Table:
             from None
 
 
+def text_columns(table: str) -> set[str]:
+    """The columns of a table that hold strings (categories to a model)."""
+    return {c.name for c in get_table(table).columns if isinstance(c.type, sa.String)}
+
+
 def column_role(table: str, column: str) -> str | None:
     col = get_table(table).columns.get(column)
     return None if col is None else str(col.info["role"])

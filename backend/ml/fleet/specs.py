@@ -7,28 +7,21 @@ leakage tests hold every spec to that. Adding an 18th model is adding one spec t
 `SPECS`; the trainer, store, monitor, API and dashboard read this registry.
 
 Names are the API contract: never rename one.
+
+Reading a spec (name, group, metric, threshold) imports neither pandas nor scikit-learn:
+the read-only CLI commands and the API's listings need only that. The estimator is built
+in `estimators.py`; the table's column types come from `backend.ml.data.schema` when asked.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import numpy as np
-import pandas as pd
-import sqlalchemy as sa
-from sklearn.compose import ColumnTransformer
-from sklearn.ensemble import (
-    HistGradientBoostingClassifier,
-    HistGradientBoostingRegressor,
-    IsolationForest,
-)
-from sklearn.impute import SimpleImputer
-from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import OrdinalEncoder
-
-from backend.ml.data import schema
+if TYPE_CHECKING:
+    import pandas as pd
+    from sklearn.pipeline import Pipeline
 
 Task = Literal["regression", "classification", "anomaly"]
 GROUPS = ("prediction", "optimization", "risk_decision", "advanced")
@@ -62,9 +55,10 @@ class ModelSpec:
 
     @property
     def categorical(self) -> tuple[str, ...]:
-        table = schema.get_table(self.table)
-        return tuple(f for f in self.features
-                     if f in table.columns and isinstance(table.c[f].type, sa.String))
+        from backend.ml.data import schema
+
+        text = schema.text_columns(self.table)
+        return tuple(f for f in self.features if f in text)
 
     @property
     def numeric(self) -> tuple[str, ...]:
@@ -76,28 +70,9 @@ class ModelSpec:
 
     def make_estimator(self, **overrides: Any) -> Pipeline:
         """A fresh, unfitted Pipeline: column encoding, then the model."""
-        params = {**self.params, **overrides}
-        if self.task == "anomaly":
-            features = ColumnTransformer(
-                [("numbers", SimpleImputer(strategy="median"), list(self.numeric))])
-            model: Any = IsolationForest(**{"n_estimators": 200, "random_state": 0, **params})
-            return Pipeline([("features", features), ("model", model)])
-        cats, nums = list(self.categorical), list(self.numeric)
-        features = ColumnTransformer(
-            [("categories", OrdinalEncoder(handle_unknown="use_encoded_value",
-                                           unknown_value=np.nan, encoded_missing_value=np.nan,
-                                           dtype=np.float64), cats),
-             ("numbers", "passthrough", nums)],
-            verbose_feature_names_out=False)
-        mask = [True] * len(cats) + [False] * len(nums)
-        base = {"max_iter": 200, "learning_rate": 0.1, "random_state": 0,
-                "categorical_features": mask}
-        if self.task == "regression":
-            model = HistGradientBoostingRegressor(**{**base, **params})
-        else:
-            weights = {"class_weight": "balanced"} if self.metric == "balanced_accuracy" else {}
-            model = HistGradientBoostingClassifier(**{**base, **weights, **params})
-        return Pipeline([("features", features), ("model", model)])
+        from backend.ml.fleet.estimators import build_pipeline
+
+        return build_pipeline(self, **overrides)
 
 
 def _calendar(frame: pd.DataFrame) -> pd.DataFrame:
@@ -124,7 +99,7 @@ def _anomaly_features(frame: pd.DataFrame) -> pd.DataFrame:
 def _satisfaction(frame: pd.DataFrame) -> pd.DataFrame:
     out = _calendar(frame)
     rating = out["customer_rating"]
-    out["satisfied"] = np.where(rating.isna(), np.nan, (rating >= 4).astype(float))
+    out["satisfied"] = (rating >= 4).astype(float).where(rating.notna())
     return out
 
 

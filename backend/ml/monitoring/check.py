@@ -29,19 +29,20 @@ import threading
 from collections.abc import Mapping
 from dataclasses import replace
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-import numpy as np
 import pandas as pd
 
 from backend.ml.data import loading, schema
 from backend.ml.fleet import specs
-from backend.ml.fsio import atomic_write_json, read_json
+from backend.ml.history.stats import TREND_WINDOW, score_trend
+from backend.ml.monitoring.state import ModelMonitorState, monitor_file
+from backend.ml.runs.clock import next_daily_time
 from backend.ml.runs.runner import Runner
-from backend.ml.runs.scheduler import next_daily_time
 from backend.ml.training import trainer
+from backend.ml.training.drift import PSI_ALERT, drift_report
+from backend.ml.training.results import model_outcome
 
 logger = logging.getLogger(__name__)
 MARGIN = 0.02
@@ -50,69 +51,12 @@ RETRY_STRATEGIES = (
     trainer.TrainOptions("recency_weighted", half_life_days=30.0),
     trainer.TrainOptions("search"),
 )
-PSI_ALERT = 0.25
-# A live score falling by TREND_DROP over the last TREND_CHECKS checks (fitted line) is
-# a performance_degradation warning, even while it is still above its threshold.
-TREND_CHECKS = 6
-TREND_MIN_CHECKS = 4
-TREND_DROP = 0.03
-STATE_FILE = "monitor_state.json"  # per model: last verdict, cooldown, A/B wins
-
-
-def read_state(logs_dir: Path) -> dict[str, Any]:
-    """The monitor's per-model state (`{name: {"verdict", "cooldown", "ab"}}`); {} if none."""
-    try:
-        state: dict[str, Any] = read_json(logs_dir / STATE_FILE)
-    except (OSError, ValueError):
-        return {}
-    return state if isinstance(state, dict) else {}
-
-
-def declining_by(scores: list[float]) -> float:
-    """How much a least-squares line through the scores falls from first to last (0 unless
-    there are at least TREND_MIN_CHECKS and the line goes down)."""
-    if len(scores) < TREND_MIN_CHECKS:
-        return 0.0
-    slope = float(np.polyfit(np.arange(len(scores)), np.asarray(scores, dtype=float), 1)[0])
-    return max(0.0, -slope * (len(scores) - 1))
+# Live scores declining over the last TREND_WINDOW checks (history.stats.score_trend, the
+# one trend rule) are a performance_degradation warning, even above the threshold.
 
 
 def fresh_minimum(spec: specs.ModelSpec) -> int:
     return max(30, spec.min_samples // 5)
-
-
-def psi(reference: Mapping[str, Any], values: pd.Series) -> float:
-    """Population stability index of `values` against a stored reference distribution."""
-    eps = 1e-4
-    if reference.get("kind") == "categorical":
-        ref = dict(reference["shares"])
-        seen = values.astype(str).where(values.notna(), "__missing__")
-        shares = seen.value_counts(normalize=True)
-        known = {k: float(shares.get(k, 0.0)) for k in ref if k != "__other__"}
-        actual = {**known, "__other__": max(0.0, 1 - sum(known.values()))}
-        expected = {k: float(ref.get(k, 0.0)) for k in actual}
-    else:
-        edges = np.asarray(reference.get("edges", []), dtype=float)
-        ref_shares = np.asarray(reference.get("shares", []), dtype=float)
-        num = pd.to_numeric(values, errors="coerce").to_numpy(dtype=float)
-        num = num[np.isfinite(num)]
-        if len(ref_shares) == 0 or len(num) == 0:
-            return 0.0
-        counts = np.bincount(np.searchsorted(edges, num, side="right"),
-                             minlength=len(ref_shares))
-        actual = dict(enumerate(counts / counts.sum()))
-        expected = dict(enumerate(ref_shares))
-    a = np.array([actual[k] for k in expected]) + eps
-    e = np.array([expected[k] for k in expected]) + eps
-    return float(np.sum((a - e) * np.log(a / e)))
-
-
-def drift_report(spec: specs.ModelSpec, reference: Mapping[str, Any],
-                 fresh: pd.DataFrame) -> dict[str, Any]:
-    scores = {f: round(psi(reference[f], fresh[f]), 4) for f in spec.features if f in reference}
-    top = sorted(scores.items(), key=lambda kv: -kv[1])[:3]
-    return {"max_psi": max(scores.values(), default=0.0),
-            "top_features": [[name, value] for name, value in top if value >= 0.1]}
 
 
 class Monitor:
@@ -124,23 +68,24 @@ class Monitor:
         self.backoff_seconds = backoff_seconds
         self.ab_wins = ab_wins
         self._stop = stop or threading.Event()
-        self.state_path = self.settings.LOGS_DIR / STATE_FILE
+        self.state = monitor_file(self.settings.LOGS_DIR,
+                                  on_recover=self.services.report_recovery)
         self._fresh_midpoint: dict[str, str] = {}  # per check: where a retrain's holdout starts
 
-    # ---- state ------------------------------------------------------------------------------
-
-    def _load_state(self) -> dict[str, Any]:
-        return read_state(self.settings.LOGS_DIR)
-
-    def _save_state(self, state: Mapping[str, Any]) -> None:
-        atomic_write_json(self.state_path, dict(state))
+    def _commit(self, entries: Mapping[str, dict[str, Any]]) -> None:
+        """Replace these models' entries under the lock, keeping every other entry as it is
+        on disk now (see `state.py`)."""
+        with self.state.update() as state:
+            for name, entry in entries.items():
+                state.root[name] = ModelMonitorState.model_validate(entry)
 
     # ---- the check --------------------------------------------------------------------------
 
     def run_check(self) -> dict[str, Any]:
         """Check every production model, retrain what is degraded; the history entry."""
         store = self.services.store
-        state = self._load_state()
+        state = {name: entry.model_dump(mode="json", exclude_none=True)
+                 for name, entry in self.state.read().root.items()}
         served = {name: store.load_serving(name, on_alert=self.services.alerts.callback(name))
                   for name in specs.MODEL_NAMES}
         tables = self._fresh_tables({n: s[1] for n, s in served.items() if s is not None})
@@ -158,10 +103,11 @@ class Monitor:
             self.early_warnings(name, verdict, model_state)
             if verdict["verdict"] == "degraded":
                 degraded.append(name)
+        self._commit({name: state[name] for name in served if name not in degraded})
         for name in degraded:
             entry["models"][name]["retrain"] = self._retrain(
                 name, state[name], tables, self._fresh_midpoint[name], entry["models"][name])
-        self._save_state(state)
+            self._commit({name: state[name]})
         self.services.history.append_check(entry)
         summary = {v: sum(m["verdict"] == v for m in entry["models"].values())
                    for v in ("healthy", "watch", "degraded", "insufficient_fresh_data")}
@@ -201,7 +147,9 @@ class Monitor:
         live = round(trainer.evaluate(spec, estimator, fresh), 6)
         result["live_score"] = live
         result["drift"] = drift_report(spec, meta.get("feature_stats", {}), fresh)
-        was = model_state.get("verdict", "healthy")
+        # A verdict about the version that served before says nothing about this one.
+        same = model_state.get("version") in (None, meta["version"])
+        was = model_state.get("verdict", "healthy") if same else "healthy"
         if live < threshold - MARGIN or (live < threshold and was in ("watch", "degraded")):
             verdict = "degraded"
         elif live < threshold:
@@ -211,6 +159,7 @@ class Monitor:
         else:
             verdict = "healthy"
         model_state["verdict"] = "degraded" if verdict == "degraded_recovering" else verdict
+        model_state["version"] = meta["version"]
         result["verdict"] = verdict
         if verdict == "healthy":
             model_state.pop("cooldown", None)
@@ -242,10 +191,11 @@ class Monitor:
                           live_score=result["live_score"], threshold=threshold)
         trend = model_state.get("trend", {})
         scores = trend.get("scores", []) if trend.get("version") == result["version"] else []
-        scores = [*scores, result["live_score"]][-TREND_CHECKS:]
+        scores = [*scores, result["live_score"]][-TREND_WINDOW:]
         model_state["trend"] = {"version": result["version"], "scores": scores}
-        drop = declining_by(scores)
-        if drop >= TREND_DROP:
+        trend = score_trend(scores)
+        drop = -trend.change
+        if trend.direction == "declining":
             alerts.notify("warning", "performance_degradation",
                           f"{name}'s live score has been falling for {len(scores)} checks "
                           f"(fitted drop {drop:.3f}, now {scores[-1]:.4f}, threshold "
@@ -289,7 +239,7 @@ class Monitor:
         newest = str(tables[spec.table][schema.time_column(spec.table)].max())
         cooldown = model_state.get("cooldown")
         if cooldown and cooldown["newest_data"] == newest and \
-                datetime.now(UTC) < datetime.fromisoformat(cooldown["until"]):
+                datetime.now(UTC) < datetime.fromisoformat(str(cooldown["until"])):
             return {"skipped": f"cooling down until {cooldown['until']} or new data"}
         model_state.pop("cooldown", None)
         limit = min(self.settings.MAX_RETRAIN_ATTEMPTS, len(RETRY_STRATEGIES))
@@ -298,7 +248,7 @@ class Monitor:
             options = replace(RETRY_STRATEGIES[k - 1], holdout_since=holdout_since)
             summary = self.runner.run(trigger="retrain", models=[name], actor="scheduler",
                                       options={name: options})
-            detail = summary["model_details"][f"{spec.group}_models"][name]
+            detail = model_outcome(summary, name)
             attempts.append({"attempt": k, "strategy": options.strategy,
                              "run_id": summary["run_id"], "score": detail.get("score"),
                              "promoted": detail.get("promoted", False)})
@@ -306,6 +256,7 @@ class Monitor:
                         options.strategy, detail.get("score"), detail.get("promoted"))
             if detail.get("promoted") and detail.get("passed"):
                 model_state["verdict"] = "healthy"
+                model_state["version"] = detail.get("version")
                 return {"recovered": True, "attempts": attempts}
             if k < limit and self._stop.wait(self.backoff_seconds * 2 ** (k - 1)):
                 break  # shutting down

@@ -1,9 +1,8 @@
-"""Model versions on disk: files, checksums, aliases, the promotion gate and retention.
+"""Model versions on disk: files, checksums, alias moves and retention.
 
     <name>/v0001.joblib  the fitted Pipeline (a pickle), written first
     <name>/v0001.json    its metadata and the pickle's SHA-256, written last: the commit point
-    registry.json        {"models": {name: {"production", "previous", "last_version"}},
-                          "audit": [every alias move, oldest first, append-only]}
+    registry.json        which version serves, and audit.jsonl, every alias move (aliases.py)
 
 A `.joblib` without its `.json` is a crash mid-save: readers ignore it, retention deletes
 it. Numbers only go up (`last_version` is the highest ever issued), so a version id in the
@@ -18,9 +17,10 @@ Every writer holds `.registry.lock`.
      +-- backups.BackupError     a backup cannot be made or restored
     specs.UnknownModelError      (a KeyError) not a model name; lists the valid ones
 
-Not done here: scoring production on a candidate's holdout (the runner has the data and
-gives the score to `promotion_decision`). Readers never move aliases: when production fails
-verification, `load_serving` alerts and serves a fallback; a person or the next run decides.
+Not done here: the promotion gate (`promotion.py`). Readers never move aliases: when
+production fails verification, `load_serving` alerts and serves a fallback; a person or the
+next run decides. joblib and scikit-learn are imported only to load or save a model, so
+listing versions stays cheap.
 """
 
 from __future__ import annotations
@@ -29,29 +29,35 @@ import contextlib
 import hashlib
 import io
 import logging
-import math
 import platform
-import re
 from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import joblib
-import sklearn
-from sklearn.pipeline import Pipeline
+from backend.ml.fleet.specs import MODEL_NAMES, get_spec
+from backend.ml.fsio import LockTimeout, atomic_write_bytes, atomic_write_json, read_json
+from backend.ml.registry.aliases import (
+    ACTIONS,
+    ACTORS,
+    VERSION_RE,
+    AliasBook,
+    AliasMove,
+    ModelAliases,
+    Registry,
+    now_iso,
+)
+from backend.ml.statefile import Recovery
 
-from backend.ml.fleet.specs import get_spec
-from backend.ml.fsio import LockTimeout, atomic_write_bytes, atomic_write_json, file_lock, read_json
-from backend.ml.training.trainer import TrainResult
+if TYPE_CHECKING:
+    from sklearn.pipeline import Pipeline
+
+    from backend.ml.training.trainer import TrainResult
 
 logger = logging.getLogger(__name__)
 
 Meta = dict[str, Any]
 AlertFn = Callable[[str, str, str], None]  # (level, kind, message)
-ACTIONS = ("promote", "rollback", "restore", "ab_promote")
-ACTORS = ("scheduler", "cli", "api")
-VERSION_RE = re.compile(r"^v(\d{4,})$")
 RESULT_FIELDS = ("group", "metric", "score", "baseline", "threshold", "passed", "strategy",
                  "params", "data_start", "data_end", "holdout_start", "rows_train",
                  "rows_holdout", "fit_seconds", "duration_seconds", "feature_stats")
@@ -78,36 +84,15 @@ def sha256_hex(payload: bytes) -> str:
 
 
 def library_versions() -> dict[str, str]:
+    import joblib
+    import sklearn
+
     return {"python": platform.python_version(), "scikit-learn": sklearn.__version__,
             "joblib": joblib.__version__}
 
 
 def version_id(number: int) -> str:
     return f"v{number:04d}"
-
-
-def promotion_decision(*, candidate_score: float, candidate_passed: bool,
-                       production_score_on_same_holdout: float | None, tolerance: float,
-                       threshold: float | None = None) -> tuple[bool, str]:
-    """Whether a new version should replace production, and why.
-
-    `production_score_on_same_holdout` is None only when there is no production version:
-    then the first successful fit is promoted even below its threshold, since serving a
-    weak model beats serving none (the reason says so, and the run reports it).
-    """
-    below = "below" if threshold is None else f"below its threshold {threshold:.4f}"
-    if production_score_on_same_holdout is None:
-        return True, ("first version: nothing in production to compare with" if candidate_passed
-                      else f"first version, promoted although {candidate_score:.4f} is {below}: "
-                      "nothing in production to compare with")
-    if math.isnan(candidate_score) or not candidate_passed:
-        return False, f"kept as candidate: score {candidate_score:.4f} is {below}"
-    prod = production_score_on_same_holdout
-    versus = (f"score {candidate_score:.4f} vs production {prod:.4f} on the same holdout "
-              f"(tolerance {tolerance:g})")
-    if candidate_score >= prod - tolerance:
-        return True, f"promoted: {versus}"
-    return False, f"kept as candidate: worse than production, {versus}"
 
 
 class ModelStore:
@@ -119,13 +104,16 @@ class ModelStore:
     """
 
     def __init__(self, models_dir: Path, *, versioning: bool = True, keep_candidates: int = 3,
-                 lock_timeout: float = 60.0) -> None:
+                 lock_timeout: float = 60.0,
+                 on_recover: Callable[[Recovery], None] | None = None) -> None:
         self.models_dir = Path(models_dir)
         self.versioning = versioning
         self.keep_candidates = max(0, keep_candidates)
-        self.lock_timeout = lock_timeout
-        self.registry_path = self.models_dir / "registry.json"
-        self.lock_path = self.models_dir / ".registry.lock"
+        self.book = AliasBook(self.models_dir, numbers=lambda n: self._numbers(n, (".json",
+                              ".joblib")), model_names=lambda: MODEL_NAMES,
+                              versioning=versioning, on_recover=on_recover,
+                              lock_timeout=lock_timeout)
+        self.registry_path = self.book.path
 
     # ---- reading ----------------------------------------------------------------------------
 
@@ -189,6 +177,9 @@ class ModelStore:
                     f"{name} has no production version yet (registry {self.registry_path})")
         meta, payload = self._verified(name, version)
         path = self.paths(name, version)[0]
+        import joblib
+        from sklearn.pipeline import Pipeline
+
         try:
             estimator = joblib.load(io.BytesIO(payload))
         except Exception as exc:  # verified bytes from other library versions may not load
@@ -228,22 +219,10 @@ class ModelStore:
             on_alert("critical", "checksum_mismatch", f"{problem}; {served}")
         return found
 
-    def _registry(self) -> dict[str, Any]:
-        if not self.registry_path.exists():
-            return {"models": {}, "audit": []}
-        try:
-            registry = read_json(self.registry_path)
-        except (OSError, ValueError) as exc:
-            raise StoreError(f"model registry {self.registry_path} is unreadable: {exc}") from exc
-        if not (isinstance(registry, dict) and isinstance(registry.get("models"), dict)
-                and isinstance(registry.get("audit"), list)):
-            raise StoreError(f"model registry {self.registry_path} is not in the expected shape")
-        return registry
-
     def aliases(self, name: str) -> dict[str, str | None]:
         get_spec(name)
-        slot = self._registry()["models"].get(name, {})
-        return {"production": slot.get("production"), "previous": slot.get("previous")}
+        slot = self.book.aliases(name)
+        return {"production": slot.production, "previous": slot.previous}
 
     def production_meta(self, name: str) -> Meta | None:
         version = self.aliases(name)["production"]
@@ -264,17 +243,19 @@ class ModelStore:
 
     def audit(self, limit: int | None = 100, *, name: str | None = None) -> list[Meta]:
         """Alias moves, newest first."""
-        entries = [e for e in reversed(self._registry()["audit"])
-                   if name is None or e.get("model") == name]
+        entries = [e.as_dict() for e in reversed(self.book.audit())
+                   if name is None or e.model == name]
         return entries if limit is None else entries[:limit]
 
     # ---- writing ----------------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def _locked(self, purpose: str) -> Iterator[None]:
+    def _locked(self, purpose: str) -> Iterator[Registry]:
+        """The registry under its lock, written back at the end (StoreError naming the path
+        when busy or not writable)."""
         try:
-            with file_lock(self.lock_path, timeout=self.lock_timeout, purpose=purpose):
-                yield
+            with self.book.update() as registry:
+                yield registry
         except LockTimeout as exc:
             raise StoreError(f"model store {self.models_dir} is busy ({purpose}): {exc}") from exc
         except OSError as exc:
@@ -291,6 +272,8 @@ class ModelStore:
         if not result.ok or result.estimator is None:
             raise StoreError(f"{result.name}: only a successful fit is saved (status "
                              f"{result.status}: {result.error or 'no estimator'})")
+        import joblib
+
         buffer = io.BytesIO()
         joblib.dump(result.estimator, buffer)
         summary = result.summary()
@@ -301,11 +284,9 @@ class ModelStore:
     def import_version(self, name: str, payload: bytes, meta: Mapping[str, Any]) -> Meta:
         """Write pickled bytes and their metadata as the next version; the stored metadata."""
         get_spec(name)
-        with self._locked(f"save a version of {name}"):
-            registry = self._registry()
-            slot = registry["models"].setdefault(name, {})
-            number = max([slot.get("last_version", 0),
-                          *self._numbers(name, (".json", ".joblib"))]) + 1
+        with self._locked(f"save a version of {name}") as registry:
+            slot = registry.models.setdefault(name, ModelAliases())
+            number = max([slot.last_version, *self._numbers(name, (".json", ".joblib"))]) + 1
             model_path, meta_path = self.paths(name, version_id(number))
             stored = {**meta, "name": name, "version": version_id(number),
                       "sha256": sha256_hex(payload), "size_bytes": len(payload)}
@@ -315,8 +296,7 @@ class ModelStore:
             except BaseException:
                 model_path.unlink(missing_ok=True)
                 raise
-            slot["last_version"] = number  # a crash before this still leaves the files
-            atomic_write_json(self.registry_path, registry)
+            slot.last_version = number  # a crash before this still leaves the files
         logger.info("saved %s %s (%d bytes)", name, stored["version"], len(payload))
         return stored
 
@@ -337,28 +317,25 @@ class ModelStore:
                              f"not {action!r} and {actor!r}")
         for name, version in targets.items():
             self.paths(name, version)
-        with self._locked(f"{action} {', '.join(targets)}"):
+        with self._locked(f"{action} {', '.join(targets)}") as registry:
             for name, version in targets.items():
                 self._verified(name, version)
-            registry = self._registry()
-            moved: list[Meta] = []
+            moves: list[AliasMove] = []
             for name, version in targets.items():
-                slot = registry["models"].setdefault(name, {})
-                if slot.get("production") != version:
-                    moved.append({"at": datetime.now(UTC).isoformat(), "model": name,
-                                  "from": slot.get("production"), "to": version,
-                                  "action": action, "reason": reason, "actor": actor})
-                    slot["previous"] = slot.get("production") if self.versioning else None
-                    slot["production"] = version
-            if moved:
-                registry["audit"] += moved
-                atomic_write_json(self.registry_path, registry)
-            for name in targets:
-                self._retain(name, registry)
-        for e in moved:
-            logger.info("%s %s: %s -> %s by %s (%s)", action, e["model"], e["from"], e["to"],
-                        actor, reason)
-        return moved
+                slot = registry.models.setdefault(name, ModelAliases())
+                if slot.production != version:
+                    moves.append(AliasMove(at=now_iso(), model=name, from_=slot.production,
+                                           to=version, action=action, reason=reason,
+                                           actor=actor))
+                    slot.previous = slot.production if self.versioning else None
+                    slot.production = version
+            self.book.record(moves)
+        for name in targets:  # after the registry is written: retention reads it
+            self.prune(name)
+        for m in moves:
+            logger.info("%s %s: %s -> %s by %s (%s)", action, m.model, m.from_, m.to, actor,
+                        reason)
+        return [m.as_dict() for m in moves]
 
     def rollback(self, name: str, *, to: str | None = None, actor: str,
                  reason: str | None = None) -> Meta:
@@ -375,26 +352,25 @@ class ModelStore:
     def reject(self, name: str, version: str) -> list[Path]:
         """A candidate the gate turned down: deleted now without versioning, else left for
         retention to age out. The files deleted."""
-        with self._locked(f"reject {name} {version}"):
-            registry = self._registry()
-            slot = registry["models"].get(name, {})
-            if version in (slot.get("production"), slot.get("previous")):
+        with self._locked(f"reject {name} {version}") as registry:
+            slot = registry.models.get(name) or ModelAliases()
+            if version in (slot.production, slot.previous):
                 raise StoreError(f"{name} {version} is production or previous; not rejected")
             deleted = [] if self.versioning else self._delete(name, version)
             return deleted + self._retain(name, registry)
 
     def prune(self, name: str) -> list[Path]:
         """Apply retention to one model now; the files deleted."""
-        with self._locked(f"prune {name}"):
-            return self._retain(name, self._registry())
+        with self._locked(f"prune {name}") as registry:
+            return self._retain(name, registry)
 
-    def _retain(self, name: str, registry: Mapping[str, Any]) -> list[Path]:
-        slot = registry["models"].get(name, {})
-        keep = {slot.get("production"), slot.get("previous")} - {None}
+    def _retain(self, name: str, registry: Registry) -> list[Path]:
+        slot = registry.models.get(name) or ModelAliases()
+        keep = {slot.production, slot.previous} - {None}
         others = [v for v in reversed(self.committed(name)) if v not in keep]
         if self.versioning:
             keep.update(others[:self.keep_candidates])
-        elif not slot.get("production"):
+        elif not slot.production:
             keep.update(others)  # production unknown: never empty a model's folder
         deleted: list[Path] = []
         folder = self.models_dir / name

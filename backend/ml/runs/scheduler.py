@@ -14,6 +14,9 @@ Intended quirks:
   one `catch-up` run starts the scheduler.
 - A job that raises is logged, alerted (and so recorded in the history) and the thread
   lives on.
+- The check is whatever callable it is given; the service gives it one that runs each check
+  in a worker process (`worker.ChildCheck`). If that callable has `terminate()`, `stop()`
+  calls it, so a check running in a child ends with the scheduler.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import math
 import socket
 import threading
 from collections.abc import Callable
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -32,35 +35,13 @@ import schedule
 
 from backend.ml.fleet import specs
 from backend.ml.fsio import LockTimeout, file_lock, lock_holder
-from backend.ml.runs.runner import RunInProgressError, Runner
+from backend.ml.runs.clock import next_daily_time, previous_daily_time
+from backend.ml.runs.progress import RunInProgressError
+from backend.ml.runs.runner import Runner
 
 logger = logging.getLogger(__name__)
 LEASE_FILE = "scheduler.lease"
 FULL_RUN_TRIGGERS = ("daily", "catch-up", "manual")
-
-
-def _at(day: date, at: str, tz: ZoneInfo) -> datetime:
-    """`at` on `day` in `tz` as a UTC instant. A wall time that a DST change skips maps
-    forward (02:30 on a spring-forward night is 03:30), a repeated one to its first pass."""
-    hour, minute = (int(p) for p in at.split(":"))
-    return datetime.combine(day, time(hour, minute), tzinfo=tz).astimezone(UTC)
-
-
-def previous_daily_time(now: datetime, at: str, tz: ZoneInfo) -> datetime:
-    """The latest scheduled daily instant at or before `now` (UTC)."""
-    day = now.astimezone(tz).date() + timedelta(days=1)
-    while (candidate := _at(day, at, tz)) > now:
-        day -= timedelta(days=1)
-    return candidate
-
-
-def next_daily_time(now: datetime, at: str, tz: ZoneInfo) -> datetime:
-    """The next scheduled daily instant strictly after `now` (UTC). Instants are compared in
-    UTC: aware times sharing a tzinfo compare by wall clock, which DST makes ambiguous."""
-    day = now.astimezone(tz).date() - timedelta(days=1)
-    while (candidate := _at(day, at, tz)) <= now:
-        day += timedelta(days=1)
-    return candidate
 
 
 class TrainingScheduler:
@@ -91,12 +72,18 @@ class TrainingScheduler:
         if self._thread is not None and self._thread.is_alive():
             return
         self._stop.clear()
+        reset = getattr(self.check, "reset", None)
+        if callable(reset):
+            reset()
         self._thread = threading.Thread(target=self._main, name="training-scheduler",
                                         daemon=True)
         self._thread.start()
 
     def stop(self, timeout: float = 10.0) -> None:
         self._stop.set()
+        terminate = getattr(self.check, "terminate", None)
+        if callable(terminate):  # a check running in a child: end it, do not wait an hour
+            terminate()
         if self._thread is not None:
             self._thread.join(timeout)
 
@@ -199,9 +186,9 @@ class TrainingScheduler:
             if kind == "check":
                 if self.check is None:
                     return
-                running = self.runner.current()
+                running = self.runner.progress()
                 if running is not None:
-                    raise RunInProgressError(running.get("run_id"))
+                    raise RunInProgressError(running.run_id or None)
                 self.check()
                 self.last_check = datetime.now(UTC).isoformat()
             else:
@@ -213,6 +200,9 @@ class TrainingScheduler:
             self._deferred.add(kind)
         except Exception as exc:
             self._deferred.discard(kind)
+            if self._stop.is_set():  # cut short by stop(): not a failure to alert
+                logger.info("%s job ended by the scheduler's stop: %s", kind, exc)
+                return
             logger.exception("%s job failed", kind)
             with contextlib.suppress(Exception):
                 self.runner.services.alerts.notify(

@@ -8,10 +8,11 @@ decides whether it serves.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from backend.ml.fleet.specs import GROUPS
+from backend.ml.registry.promotion import Decision
 from backend.ml.training.trainer import TrainResult
 
 
@@ -22,7 +23,7 @@ def run_status(results: Sequence[TrainResult]) -> str:
     return "partial" if ok else "failed"
 
 
-def model_detail(result: TrainResult) -> dict[str, Any]:
+def model_detail(result: TrainResult, decision: Decision | None = None) -> dict[str, Any]:
     detail: dict[str, Any] = {
         "metric": result.metric, "score": result.score, "baseline": result.baseline,
         "threshold": result.threshold, "passed": result.passed,
@@ -31,16 +32,31 @@ def model_detail(result: TrainResult) -> dict[str, Any]:
     }
     if result.error:
         detail["error"] = result.error
+    if decision is not None:
+        detail.update(decision.as_detail())
     return detail
 
 
-def summarize(results: Sequence[TrainResult], *, timestamp: str,
-              duration_seconds: float) -> dict[str, Any]:
-    """`{status, timestamp, duration_seconds, models_trained, ..., model_details}`."""
+def model_outcome(summary: Mapping[str, Any], name: str) -> dict[str, Any]:
+    """One model's entry in a run's result shape (the guide nests it under its group)."""
+    for group in summary.get("model_details", {}).values():
+        if name in group:
+            found: dict[str, Any] = group[name]
+            return found
+    raise KeyError(f"{name} is not in run {summary.get('run_id')}")
+
+
+def summarize(results: Sequence[TrainResult], *, timestamp: str, duration_seconds: float,
+              decisions: Mapping[str, Decision] | None = None, run_id: str | None = None,
+              trigger: str | None = None) -> dict[str, Any]:
+    """The guide's result shape, `{status, timestamp, duration_seconds, models_trained, ...,
+    model_details}`, with each model's gate decision, and the run's id, trigger and the
+    models it promoted when given: the one function that builds it."""
+    decisions = decisions or {}
     ok = [r for r in results if r.ok]
     details: dict[str, dict[str, Any]] = {f"{g}_models": {} for g in GROUPS}
     for r in results:
-        details[f"{r.group}_models"][r.name] = model_detail(r)
+        details[f"{r.group}_models"][r.name] = model_detail(r, decisions.get(r.name))
     scores = [r.score for r in ok if r.score is not None]
     return {
         "status": run_status(results),
@@ -52,4 +68,8 @@ def summarize(results: Sequence[TrainResult], *, timestamp: str,
         "avg_accuracy": round(sum(scores) / len(scores), 4) if scores else None,
         "errors": [f"{r.name}: {r.error}" for r in results if not r.ok],
         "model_details": details,
+        **({"run_id": run_id} if run_id is not None else {}),
+        **({"trigger": trigger} if trigger is not None else {}),
+        **({"promoted": sorted(n for n, d in decisions.items() if d.promoted)}
+           if run_id is not None else {}),
     }

@@ -4,20 +4,16 @@
 deterministic for a seed. This package is the one writer of the logistics database.
 """
 
-from backend.ml.data.synthetic.world import (
-    DESTINATIONS,
-    MATERIALS,
-    SCENARIOS,
-    SHIPMENTS_PER_DAY,
+from backend.ml.data.synthetic.database import (
     DatabaseExistsError,
-    Scenario,
     database_has_data,
     generate,
-    get_scenario,
     init_db,
     simulate,
     write_tables,
 )
+from backend.ml.data.synthetic.scenarios import SCENARIOS, Scenario, get_scenario
+from backend.ml.data.synthetic.world import DESTINATIONS, MATERIALS, SHIPMENTS_PER_DAY
 
 __all__ = ["DESTINATIONS", "MATERIALS", "SCENARIOS", "SHIPMENTS_PER_DAY", "DatabaseExistsError",
            "Scenario", "database_has_data", "generate", "get_scenario", "init_db", "simulate",

@@ -1,0 +1,82 @@
+"""After the fits: save every version, gate each against production re-scored on the same
+holdout, back up the production set about to be replaced, then move the aliases.
+
+The order is what makes a crash safe: versions are committed before any alias moves, the
+backup is whole before the first move, and each move is one atomic registry write, so a
+model serves either its old or its new version, never neither.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+
+import pandas as pd
+
+from backend.ml.data import schema
+from backend.ml.fleet import specs
+from backend.ml.registry.backups import backup_production, prune_backups
+from backend.ml.registry.promotion import Decision, promotion_decision
+from backend.ml.runs.services import Services
+from backend.ml.training import trainer
+
+logger = logging.getLogger(__name__)
+
+
+def save_and_promote(services: Services, run_id: str, results: Sequence[trainer.TrainResult],
+                     tables: Mapping[str, pd.DataFrame], actor: str) -> dict[str, Decision]:
+    """Save, gate, back up and promote the successful fits of a run; each one's decision."""
+    store, alerts, settings = services.store, services.alerts, services.settings
+    decisions: dict[str, Decision] = {}
+    winners: dict[str, tuple[str, str]] = {}
+    for result in results:
+        if not result.ok:
+            continue
+        meta = store.save(result, run_id=run_id)
+        services.history.add_model_version(result.name, {
+            k: meta.get(k) for k in ("version", "run_id", "created_at", "metric", "score",
+                                     "baseline", "threshold", "passed", "sha256")})
+        production = production_score(services, result, tables)
+        promote, reason = promotion_decision(
+            candidate_score=float(result.score or 0.0), candidate_passed=result.passed,
+            production_score_on_same_holdout=production,
+            tolerance=settings.PROMOTION_TOLERANCE, threshold=result.threshold)
+        decisions[result.name] = Decision(meta["version"], promote, reason, production)
+        if promote:
+            winners[result.name] = (meta["version"], reason)
+            if production is None and not result.passed:
+                alerts.notify("warning", "accuracy_below_threshold",
+                              f"{result.name}'s first version scored {result.score:.4f}, "
+                              f"under its threshold {result.threshold:.2f}; it serves "
+                              "because there is nothing better", model=result.name,
+                              run_id=run_id, score=result.score, threshold=result.threshold,
+                              attempts=1)
+        else:
+            store.reject(result.name, meta["version"])
+    replaced = [n for n in winners if store.aliases(n)["production"] is not None]
+    if replaced and settings.BACKUP_MODELS:
+        backup_production(settings.MODELS_DIR, settings.LOGS_DIR, replaced,
+                          key=settings.BACKUP_ENCRYPTION_KEY)
+    for name, (version, reason) in winners.items():
+        store.promote(name, version, reason=f"{reason} (run {run_id})", actor=actor)
+    if settings.BACKUP_MODELS:
+        prune_backups(settings.LOGS_DIR, settings.BACKUP_RETENTION_DAYS)
+    return decisions
+
+
+def production_score(services: Services, result: trainer.TrainResult,
+                     tables: Mapping[str, pd.DataFrame]) -> float | None:
+    """Production's score on the candidate's holdout (not its old number); None if none."""
+    served = services.store.load_serving(result.name,
+                                         on_alert=services.alerts.callback(result.name))
+    if served is None:
+        return None
+    spec = specs.get_spec(result.name)
+    labelled, _ = trainer.labelled_frame(spec, tables[spec.table])
+    tcol = schema.time_column(spec.table)
+    holdout = labelled[labelled[tcol] >= pd.Timestamp(result.holdout_start)]
+    try:
+        return round(trainer.evaluate(spec, served[0], holdout), 6)
+    except Exception as exc:  # production cannot score today's data: the candidate wins
+        logger.warning("production %s cannot score the new holdout: %s", result.name, exc)
+        return 0.0
