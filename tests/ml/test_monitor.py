@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import date
 from pathlib import Path
 
@@ -13,6 +14,8 @@ from backend.ml.data import loading, synthetic
 from backend.ml.fleet import specs
 from backend.ml.history.stats import score_trend
 from backend.ml.monitoring.check import Monitor
+from backend.ml.monitoring.state import ModelMonitorState
+from backend.ml.monitoring.verdict import CheckVerdict, Verdict
 from backend.ml.runs.runner import Runner
 from backend.ml.runs.services import Services
 from backend.ml.training import trainer
@@ -154,13 +157,13 @@ def test_a_steady_slide_in_live_score_is_a_performance_degradation_warning(
         tmp_path: Path) -> None:
     settings = Settings(MODELS_DIR=tmp_path / "m", LOGS_DIR=tmp_path / "l")
     monitor = Monitor(Runner(Services.from_settings(settings)))
-    state: dict[str, object] = {}
+    state = ModelMonitorState()
     for live in (0.90, 0.89, 0.91, 0.90, 0.905):  # noise, no trend
-        monitor.early_warnings("delay_prediction", {"version": "v0001", "live_score": live,
-                                                    "threshold": 0.7}, state)
+        monitor.early_warnings("delay_prediction", CheckVerdict(
+            Verdict.HEALTHY, "v0001", 0.7, live_score=live), state)
     for live in (0.88, 0.86, 0.84, 0.82):  # a slide, still above the threshold
-        monitor.early_warnings("delay_prediction", {"version": "v0001", "live_score": live,
-                                                    "threshold": 0.7}, state)
+        monitor.early_warnings("delay_prediction", CheckVerdict(
+            Verdict.HEALTHY, "v0001", 0.7, live_score=live), state)
     alerts = monitor.services.history.alerts()
     assert [(a["kind"], a["model"]) for a in alerts] == [
         ("performance_degradation", "delay_prediction")], alerts  # once: then cooling down
@@ -181,11 +184,12 @@ def test_drift_is_alerted_only_when_the_live_score_suffers(tmp_path: Path) -> No
     settings = Settings(MODELS_DIR=tmp_path / "m", LOGS_DIR=tmp_path / "l")
     monitor = Monitor(Runner(Services.from_settings(settings)))
     drift = {"max_psi": 3.4, "top_features": [["is_monsoon", 3.4]]}
-    seasonal = {"version": "v0001", "live_score": 0.80, "holdout_score": 0.81,
-                "threshold": 0.7, "drift": drift}
-    monitor.early_warnings("delay_prediction", seasonal, {})
+    seasonal = CheckVerdict(Verdict.HEALTHY, "v0001", 0.7, holdout_score=0.81,
+                            live_score=0.80, drift=drift)
+    monitor.early_warnings("delay_prediction", seasonal, ModelMonitorState())
     assert monitor.services.history.alerts() == []
-    monitor.early_warnings("delay_prediction", {**seasonal, "live_score": 0.74}, {})
+    monitor.early_warnings("delay_prediction", dataclasses.replace(seasonal, live_score=0.74),
+                           ModelMonitorState())
     alerts = monitor.services.history.alerts()
     assert [(a["kind"], a["score"], a["live_score"]) for a in alerts] == [
         ("drift_detected", 0.81, 0.74)], alerts

@@ -37,7 +37,14 @@ import pandas as pd
 from backend.ml.data import loading, schema
 from backend.ml.fleet import specs
 from backend.ml.history.stats import TREND_WINDOW, score_trend
-from backend.ml.monitoring.state import ModelMonitorState, monitor_file
+from backend.ml.monitoring.state import (
+    ABState,
+    Cooldown,
+    ModelMonitorState,
+    ScoreTrail,
+    monitor_file,
+)
+from backend.ml.monitoring.verdict import CheckVerdict, Verdict
 from backend.ml.runs.clock import next_daily_time
 from backend.ml.runs.runner import Runner
 from backend.ml.training import trainer
@@ -72,47 +79,45 @@ class Monitor:
                                   on_recover=self.services.report_recovery)
         self._fresh_midpoint: dict[str, str] = {}  # per check: where a retrain's holdout starts
 
-    def _commit(self, entries: Mapping[str, dict[str, Any]]) -> None:
+    def _commit(self, entries: Mapping[str, ModelMonitorState]) -> None:
         """Replace these models' entries under the lock, keeping every other entry as it is
         on disk now (see `state.py`)."""
         with self.state.update() as state:
-            for name, entry in entries.items():
-                state.root[name] = ModelMonitorState.model_validate(entry)
+            state.root.update(entries)
 
     # ---- the check --------------------------------------------------------------------------
 
     def run_check(self) -> dict[str, Any]:
         """Check every production model, retrain what is degraded; the history entry."""
         store = self.services.store
-        state = {name: entry.model_dump(mode="json", exclude_none=True)
-                 for name, entry in self.state.read().root.items()}
+        known = self.state.read()
+        state = {name: known.of(name).model_copy(deep=True) for name in specs.MODEL_NAMES}
         served = {name: store.load_serving(name, on_alert=self.services.alerts.callback(name))
                   for name in specs.MODEL_NAMES}
         tables = self._fresh_tables({n: s[1] for n, s in served.items() if s is not None})
-        entry: dict[str, Any] = {"check_id": f"check-{datetime.now(UTC):%Y%m%dT%H%M%SZ}-"
-                                             f"{secrets.token_hex(2)}",
-                                 "timestamp": datetime.now(UTC).isoformat(), "models": {}}
-        degraded: list[str] = []
+        check_id = f"check-{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{secrets.token_hex(2)}"
+        timestamp = datetime.now(UTC).isoformat()
+        verdicts: dict[str, CheckVerdict] = {}
         for name, serving in served.items():
-            model_state = state.setdefault(name, {})
             if serving is None:
-                entry["models"][name] = {"verdict": "no_model"}
+                verdicts[name] = CheckVerdict(Verdict.NO_MODEL)
                 continue
-            verdict = self._check_model(name, serving, tables, model_state)
-            entry["models"][name] = verdict
-            self.early_warnings(name, verdict, model_state)
-            if verdict["verdict"] == "degraded":
-                degraded.append(name)
+            verdicts[name] = self._check_model(name, serving, tables, state[name])
+            self.early_warnings(name, verdicts[name], state[name])
+        degraded = [n for n, v in verdicts.items() if v.verdict is Verdict.DEGRADED]
         self._commit({name: state[name] for name in served if name not in degraded})
         for name in degraded:
-            entry["models"][name]["retrain"] = self._retrain(
-                name, state[name], tables, self._fresh_midpoint[name], entry["models"][name])
+            verdicts[name].retrain = self._retrain(name, state[name], tables,
+                                                   self._fresh_midpoint[name], verdicts[name])
             self._commit({name: state[name]})
+        entry = {"check_id": check_id, "timestamp": timestamp,
+                 "models": {name: v.as_record() for name, v in verdicts.items()}}
         self.services.history.append_check(entry)
-        summary = {v: sum(m["verdict"] == v for m in entry["models"].values())
-                   for v in ("healthy", "watch", "degraded", "insufficient_fresh_data")}
+        summary = {v: sum(c.verdict is v for c in verdicts.values())
+                   for v in (Verdict.HEALTHY, Verdict.WATCH, Verdict.DEGRADED,
+                             Verdict.INSUFFICIENT_FRESH_DATA)}
         logger.info("check %s: %s", entry["check_id"], ", ".join(
-            f"{k} {v}" for k, v in summary.items() if v))
+            f"{k.value} {v}" for k, v in summary.items() if v))
         return entry
 
     def _fresh_tables(self, metas: Mapping[str, Mapping[str, Any]]) -> dict[str, pd.DataFrame]:
@@ -129,7 +134,7 @@ class Monitor:
 
     def _check_model(self, name: str, serving: tuple[Any, Mapping[str, Any]],
                      tables: Mapping[str, pd.DataFrame],
-                     model_state: dict[str, Any]) -> dict[str, Any]:
+                     model_state: ModelMonitorState) -> CheckVerdict:
         estimator, meta = serving
         spec = specs.get_spec(name)
         threshold = specs.threshold_for(spec, self.settings.MIN_ACCURACY_THRESHOLD,
@@ -137,79 +142,76 @@ class Monitor:
         labelled, _ = trainer.labelled_frame(spec, tables[spec.table])
         tcol = schema.time_column(spec.table)
         fresh = labelled[labelled[tcol] > pd.Timestamp(meta["data_end"])]
-        result: dict[str, Any] = {"version": meta["version"], "threshold": threshold,
-                                  "holdout_score": meta.get("score"), "samples": len(fresh)}
+        version = str(meta["version"])
         if len(fresh) < fresh_minimum(spec):
-            result["verdict"] = "insufficient_fresh_data"
-            result["needed"] = fresh_minimum(spec)
-            return result
+            return CheckVerdict(Verdict.INSUFFICIENT_FRESH_DATA, version, threshold,
+                                meta.get("score"), len(fresh), needed=fresh_minimum(spec))
         self._fresh_midpoint[name] = fresh[tcol].iloc[len(fresh) // 2].isoformat()
         live = round(trainer.evaluate(spec, estimator, fresh), 6)
-        result["live_score"] = live
-        result["drift"] = drift_report(spec, meta.get("feature_stats", {}), fresh)
         # A verdict about the version that served before says nothing about this one.
-        same = model_state.get("version") in (None, meta["version"])
-        was = model_state.get("verdict", "healthy") if same else "healthy"
+        same = model_state.version in (None, version)
+        was = (model_state.verdict or "healthy") if same else "healthy"
         if live < threshold - MARGIN or (live < threshold and was in ("watch", "degraded")):
-            verdict = "degraded"
+            verdict = Verdict.DEGRADED
         elif live < threshold:
-            verdict = "watch"
+            verdict = Verdict.WATCH
         elif was == "degraded" and live < threshold + MARGIN:
-            verdict = "degraded_recovering"
+            verdict = Verdict.DEGRADED_RECOVERING
         else:
-            verdict = "healthy"
-        model_state["verdict"] = "degraded" if verdict == "degraded_recovering" else verdict
-        model_state["version"] = meta["version"]
-        result["verdict"] = verdict
-        if verdict == "healthy":
-            model_state.pop("cooldown", None)
+            verdict = Verdict.HEALTHY
+        model_state.verdict, model_state.version = verdict.standing, version
+        if verdict is Verdict.HEALTHY:
+            model_state.cooldown = None
+        result = CheckVerdict(verdict, version, threshold, meta.get("score"), len(fresh),
+                              live_score=live,
+                              drift=drift_report(spec, meta.get("feature_stats", {}), fresh))
         self._ab_test(name, spec, fresh, live, model_state, result)
         return result
 
-    def early_warnings(self, name: str, result: Mapping[str, Any],
-                        model_state: dict[str, Any]) -> None:
+    def early_warnings(self, name: str, result: CheckVerdict,
+                       model_state: ModelMonitorState) -> None:
         """Alerts before a model fails: drifting inputs, and live scores sliding check after
         check (each a warning, once per cooldown)."""
-        if "live_score" not in result:
+        if result.live_score is None:
             return
-        alerts, threshold = self.services.alerts, result["threshold"]
-        drift = result.get("drift") or {}
+        alerts, threshold, live = self.services.alerts, result.threshold, result.live_score
+        drift = result.drift or {}
         # A few fresh weeks always differ from a year of training in seasonal inputs (month,
         # monsoon, rainfall), so shifted inputs alone would alert every model every season:
         # only drift that comes with a live score below the version's own holdout score
         # (by more than MARGIN) is worth a person's attention.
-        trained = result.get("holdout_score")
-        hurting = trained is not None and result["live_score"] < trained - MARGIN
+        trained = result.holdout_score
+        hurting = trained is not None and live < trained - MARGIN
         if drift.get("max_psi", 0.0) >= PSI_ALERT and hurting:
             features = ", ".join(f"{f} {v:.2f}" for f, v in drift.get("top_features", []))
             alerts.notify("warning", "drift_detected",
                           f"{name}'s inputs have shifted (PSI {drift['max_psi']:.2f} >= "
                           f"{PSI_ALERT}; {features}) and its live score fell from "
-                          f"{trained:.4f} to {result['live_score']:.4f}", model=name,
-                          version=result["version"], max_psi=drift["max_psi"],
+                          f"{trained:.4f} to {live:.4f}", model=name,
+                          version=result.version, max_psi=drift["max_psi"],
                           top_features=drift.get("top_features"), score=trained,
-                          live_score=result["live_score"], threshold=threshold)
-        trend = model_state.get("trend", {})
-        scores = trend.get("scores", []) if trend.get("version") == result["version"] else []
-        scores = [*scores, result["live_score"]][-TREND_WINDOW:]
-        model_state["trend"] = {"version": result["version"], "scores": scores}
+                          live_score=live, threshold=threshold)
+        trail = model_state.trend
+        scores = trail.scores if trail is not None and trail.version == result.version else []
+        scores = [*scores, live][-TREND_WINDOW:]
+        model_state.trend = ScoreTrail(version=str(result.version), scores=scores)
         trend = score_trend(scores)
         drop = -trend.change
         if trend.direction == "declining":
             alerts.notify("warning", "performance_degradation",
                           f"{name}'s live score has been falling for {len(scores)} checks "
                           f"(fitted drop {drop:.3f}, now {scores[-1]:.4f}, threshold "
-                          f"{threshold:.2f})", model=name, version=result["version"],
+                          f"{threshold:.2f})", model=name, version=result.version,
                           live_score=scores[-1], threshold=threshold, scores=scores)
 
     def _ab_test(self, name: str, spec: specs.ModelSpec, fresh: pd.DataFrame, live: float,
-                 model_state: dict[str, Any], result: dict[str, Any]) -> None:
+                 model_state: ModelMonitorState, result: CheckVerdict) -> None:
         store = self.services.store
         candidates = [v for v in store.versions(name) if v.get("state") == "candidate"]
         production = store.aliases(name)["production"]
         newest = candidates[0] if candidates else None
         if newest is None or production is None or newest["version"] < production:
-            model_state.pop("ab", None)
+            model_state.ab = None
             return
         try:
             estimator, _ = store.load(name, newest["version"])
@@ -217,31 +219,31 @@ class Monitor:
         except Exception as exc:  # an unloadable candidate simply loses
             logger.warning("A/B: %s %s cannot be scored: %s", name, newest["version"], exc)
             return
-        ab = model_state.get("ab", {})
-        wins = ab.get("wins", 0) + 1 if ab.get("version") == newest["version"] else 1
+        ab = model_state.ab
+        wins = ab.wins + 1 if ab is not None and ab.version == newest["version"] else 1
         wins = wins if score > live else 0
-        model_state["ab"] = {"version": newest["version"], "wins": wins}
-        result["ab"] = {"candidate": newest["version"], "score": score, "wins": wins}
+        model_state.ab = ABState(version=newest["version"], wins=wins)
+        result.ab = {"candidate": newest["version"], "score": score, "wins": wins}
         if wins >= self.ab_wins:
             store.promote(name, newest["version"], actor="scheduler", action="ab_promote",
                           reason=f"A/B: beat production on {wins} consecutive checks "
                                  f"({score:.4f} vs {live:.4f} on fresh rows)")
-            model_state.pop("ab", None)
-            result["ab"]["promoted"] = True
+            model_state.ab = None
+            result.ab["promoted"] = True
 
     # ---- retraining -------------------------------------------------------------------------
 
-    def _retrain(self, name: str, model_state: dict[str, Any],
+    def _retrain(self, name: str, model_state: ModelMonitorState,
                  tables: Mapping[str, pd.DataFrame], holdout_since: str,
-                 checked: Mapping[str, Any]) -> dict[str, Any]:
+                 checked: CheckVerdict) -> dict[str, Any]:
         """Up to MAX_RETRAIN_ATTEMPTS different fits; `checked` is the check's verdict."""
         spec = specs.get_spec(name)
         newest = str(tables[spec.table][schema.time_column(spec.table)].max())
-        cooldown = model_state.get("cooldown")
-        if cooldown and cooldown["newest_data"] == newest and \
-                datetime.now(UTC) < datetime.fromisoformat(str(cooldown["until"])):
-            return {"skipped": f"cooling down until {cooldown['until']} or new data"}
-        model_state.pop("cooldown", None)
+        cooldown = model_state.cooldown
+        if cooldown is not None and cooldown.newest_data == newest and \
+                datetime.now(UTC) < cooldown.until:
+            return {"skipped": f"cooling down until {cooldown.until.isoformat()} or new data"}
+        model_state.cooldown = None
         limit = min(self.settings.MAX_RETRAIN_ATTEMPTS, len(RETRY_STRATEGIES))
         attempts = []
         for k in range(1, limit + 1):
@@ -255,22 +257,21 @@ class Monitor:
             logger.info("retrain %s attempt %d/%d (%s): score %s, promoted %s", name, k, limit,
                         options.strategy, detail.get("score"), detail.get("promoted"))
             if detail.get("promoted") and detail.get("passed"):
-                model_state["verdict"] = "healthy"
-                model_state["version"] = detail.get("version")
+                model_state.verdict, model_state.version = "healthy", detail.get("version")
                 return {"recovered": True, "attempts": attempts}
             if k < limit and self._stop.wait(self.backoff_seconds * 2 ** (k - 1)):
                 break  # shutting down
         until = next_daily_time(datetime.now(UTC), self.settings.DAILY_TRAINING_TIME,
                                 ZoneInfo(self.settings.TRAINING_TIMEZONE))
-        model_state["cooldown"] = {"newest_data": newest, "until": until.isoformat()}
+        model_state.cooldown = Cooldown(newest_data=newest, until=until)
         scores = [a["score"] for a in attempts if a.get("score") is not None]
         self.services.alerts.notify(
             "critical", "accuracy_below_threshold",
             f"{len(attempts)} retraining attempts did not bring {name} back above its "
             f"threshold; the best version keeps serving; cooling down until new data or "
             f"{until.isoformat()}", model=name, attempts=attempts,
-            score=max(scores, default=None), live_score=checked["live_score"],
-            threshold=checked["threshold"])
+            score=max(scores, default=None), live_score=checked.live_score,
+            threshold=checked.threshold)
         return {"recovered": False, "attempts": attempts, "cooldown_until": until.isoformat()}
 
 

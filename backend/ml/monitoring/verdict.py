@@ -1,0 +1,51 @@
+"""What one check found about one model: a typed record, written into the history's check
+entry as `as_record()` (the shape every reader of `checks` knows)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+
+class Verdict(StrEnum):
+    """A check's verdict; `degraded_recovering` is above threshold but within the margin
+    after a degraded check, so the monitor still holds it degraded (hysteresis)."""
+
+    HEALTHY = "healthy"
+    WATCH = "watch"
+    DEGRADED = "degraded"
+    DEGRADED_RECOVERING = "degraded_recovering"
+    INSUFFICIENT_FRESH_DATA = "insufficient_fresh_data"
+    NO_MODEL = "no_model"
+
+    @property
+    def standing(self) -> str:
+        """What the monitor keeps as its standing verdict for the next check."""
+        return Verdict.DEGRADED.value if self is Verdict.DEGRADED_RECOVERING else self.value
+
+
+@dataclass
+class CheckVerdict:
+    verdict: Verdict
+    version: str | None = None
+    threshold: float | None = None
+    holdout_score: float | None = None  # the version's own score when it was trained
+    samples: int | None = None  # fresh labelled rows scored
+    needed: int | None = None  # fresh rows a verdict needs (when there were too few)
+    live_score: float | None = None
+    drift: dict[str, Any] | None = None
+    ab: dict[str, Any] | None = None
+    retrain: dict[str, Any] | None = field(default=None)
+
+    @property
+    def scored(self) -> bool:
+        return self.live_score is not None
+
+    def as_record(self) -> dict[str, Any]:
+        record: dict[str, Any] = {
+            "version": self.version, "threshold": self.threshold,
+            "holdout_score": self.holdout_score, "samples": self.samples,
+            "needed": self.needed, "live_score": self.live_score, "drift": self.drift,
+            "verdict": self.verdict.value, "ab": self.ab, "retrain": self.retrain}
+        return {key: value for key, value in record.items() if value is not None}
