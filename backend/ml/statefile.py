@@ -118,7 +118,9 @@ class StateFile(Generic[M]):
         self.indent = indent
         self._cache: tuple[bytes, M] | None = None
         self._guard = threading.Lock()  # our threads queue here, not in the file lock's poll
-        self.recoveries: list[Recovery] = []
+        self.recoveries: list[Recovery] = []  # every recovery reported by this object
+        self._deferred: list[Recovery] = []
+        self._deferred_guard = threading.Lock()
 
     # ---- reading --------------------------------------------------------------------------
 
@@ -154,7 +156,8 @@ class StateFile(Generic[M]):
                 self._write(value)
         finally:
             if recovered is not None:  # recovered and written, even if the change failed
-                self._report(recovered)
+                self.report(recovered)
+            self._flush_deferred()
 
     def write(self, value: M) -> None:
         """Replace the value (under the lock)."""
@@ -202,7 +205,8 @@ class StateFile(Generic[M]):
                 assert raw is not None
                 value, recovered = self._recover(raw, exc)
         if recovered is not None:
-            self._report(recovered)
+            self.report(recovered)
+        self._flush_deferred()
         return value
 
     def _write(self, value: M) -> None:
@@ -231,7 +235,20 @@ class StateFile(Generic[M]):
         self._write(value)
         return value, recovery
 
-    def _report(self, recovery: Recovery) -> None:
+    def report_later(self, recovery: Recovery) -> None:
+        """Report a recovery the owner made of a file of its own (a history's year archive)
+        once this file's lock is released: the report may write to this very file."""
+        with self._deferred_guard:
+            self._deferred.append(recovery)
+
+    def _flush_deferred(self) -> None:
+        with self._deferred_guard:
+            pending, self._deferred = self._deferred, []
+        for recovery in pending:
+            self.report(recovery)
+
+    def report(self, recovery: Recovery) -> None:
+        """Record `recovery` and hand it to `on_recover` (a failing report is logged)."""
         self.recoveries.append(recovery)
         if self.on_recover is None:
             return

@@ -43,7 +43,6 @@ from backend.ml.history.recovery import (
     MissingFileRecovery,
     OnRecover,
     Rebuild,
-    Reports,
     describe_rebuilt,
     rebuild_document,
 )
@@ -76,22 +75,22 @@ class History:
         self.lock_timeout = lock_timeout
         self.lock_path = self.path.with_suffix(".lock")
         self.archives = YearArchives(self.path)
-        self.reports = Reports(on_recover)
         self._state = StateFile(
             self.path, HistoryDocument, empty=empty_document, rebuild=self._rebuilt,
-            rebuilt_description=describe_rebuilt, on_recover=self.reports.report,
+            rebuilt_description=describe_rebuilt, on_recover=on_recover,
             lock_path=self.lock_path, lock_timeout=lock_timeout, indent=None)
 
     @property
     def recoveries(self) -> list[Recovery]:
         """Every recovery this object reported: main file and year archives."""
-        return list(self.reports.reported)
+        return list(self._state.recoveries)
 
     @property
     def recovered_from(self) -> Path | None:
         """Where this object last moved a damaged main file (None if it never did)."""
-        moved = self._state.recoveries
-        return moved[-1].moved_to if moved else None
+        moved = [r.moved_to for r in self._state.recoveries
+                 if r.path == self.path and r.moved_to not in (None, self.path)]
+        return moved[-1] if moved else None
 
     # ---- mutations -------------------------------------------------------------------------
 
@@ -327,15 +326,12 @@ class History:
 
     def _load(self) -> HistoryDocument:
         """The current document for reading (shared: callers must not change it)."""
-        try:
+        doc = self._state.read()
+        if self._may_be_lost(doc):
+            # Settled under the lock: rebuilt if still missing, else read as written.
+            self._mutate(lambda _: None, write_if=lambda _: False)
             doc = self._state.read()
-            if self._may_be_lost(doc):
-                # Settled under the lock: rebuilt if still missing, else read as written.
-                self._mutate(lambda _: None, write_if=lambda _: False)
-                doc = self._state.read()
-            return doc
-        finally:
-            self.reports.flush()
+        return doc
 
     def _may_be_lost(self, doc: HistoryDocument) -> bool:
         """Whether `doc` may stand for a main file that is missing, or that another process
@@ -358,7 +354,8 @@ class History:
                 outcome.append(change(doc))
                 if not (rebuilt or write_if(outcome[0])):
                     raise _Unchanged
-                self.reports.queue(self.archives.spill(doc, self.limits))
+                for recovery in self.archives.spill(doc, self.limits):
+                    self._state.report_later(recovery)
         except _Unchanged:
             pass
         except HistoryWriteError:
@@ -366,8 +363,6 @@ class History:
         except OSError as exc:
             kind = HistoryPermissionError if isinstance(exc, PermissionError) else HistoryWriteError
             raise kind(exc.errno, f"cannot write the training history {self.path}: {exc}") from exc
-        finally:
-            self.reports.flush()
         return outcome[0]
 
     def _rebuild_if_missing(self, doc: HistoryDocument) -> bool:
@@ -381,7 +376,7 @@ class History:
         recovery = MissingFileRecovery(self.path, self.path, "year archives exist",
                                        describe_rebuilt(rebuilt))
         logger.critical("%s", recovery.message())
-        self.reports.queue([recovery])
+        self._state.report_later(recovery)
         return True
 
     def _rebuilt(self) -> HistoryDocument:

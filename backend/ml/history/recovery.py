@@ -4,15 +4,12 @@ The archived totals were in the lost file, so they are recounted from the year a
 The recent entries come from the owner's `rebuild` callback (the service rebuilds them from
 the model store's metadata), less the runs and versions the archives already hold, so an
 entry is never counted twice. Checks and alerts only survive in the archives.
-
-Also here: reporting each recovery once, after the history's lock is released.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -77,34 +74,3 @@ def _recent(rebuild: Rebuild | None) -> YearArchive:
     except Exception:
         logger.exception("rebuilding the training history failed; starting it empty")
         return YearArchive()
-
-
-class Reports:
-    """Recoveries on their way to `on_recover`: queued while the lock is held, reported once
-    each when it is released (the report may write to the history itself)."""
-
-    def __init__(self, on_recover: OnRecover | None) -> None:
-        self.on_recover = on_recover
-        self.reported: list[Recovery] = []
-        self._pending: list[Recovery] = []
-        self._guard = threading.Lock()
-
-    def queue(self, recoveries: Iterable[Recovery]) -> None:
-        with self._guard:
-            self._pending += recoveries
-
-    def flush(self) -> None:
-        """Report what is queued (the lock released)."""
-        with self._guard:
-            pending, self._pending = self._pending, []
-        for recovery in pending:
-            self.report(recovery)
-
-    def report(self, recovery: Recovery) -> None:
-        self.reported.append(recovery)
-        if self.on_recover is None:
-            return
-        try:
-            self.on_recover(recovery)
-        except Exception:  # a failed report must not undo or repeat the recovery
-            logger.exception("reporting the recovery of %s failed", recovery.path)
