@@ -24,7 +24,6 @@ from backend.ml.config import Settings, describe_invalid, get_settings
 
 EXIT_FAILED_RUN = 1
 EXIT_USAGE = 2
-TRIGGERS = ["manual", "daily", "retrain", "catch-up"]
 # Errors a user can fix, by module: shown as one line, exit 2. Looked up only in modules
 # a command has imported (an exception of a module never imported cannot have been raised).
 USER_ERRORS = {
@@ -296,6 +295,8 @@ def cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from backend.ml.history.document import TRIGGERS
+
     parser = argparse.ArgumentParser(prog="python -m backend.ml",
                                      description="Train, check and manage the 17 models.")
     sub = parser.add_subparsers(dest="command", required=True)

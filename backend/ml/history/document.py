@@ -37,7 +37,8 @@ DEFAULT_LIMITS: dict[str, int] = {
     "trainings": 200, "checks": 336, "alerts": 500, "model_versions": 60,
 }
 STATUSES = ("running", "success", "partial", "failed", "interrupted")
-TRIGGERS = ("daily", "manual", "retrain", "catch-up")  # known values; not enforced
+# What starts a run; the runner refuses any other, the history records what it is given.
+TRIGGERS = ("daily", "manual", "retrain", "catch-up")
 
 
 class HistoryWriteError(OSError):

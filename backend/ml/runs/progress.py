@@ -22,12 +22,12 @@ from typing import Any
 from pydantic import BaseModel
 
 from backend.ml.fsio import LockTimeout, lock_holder
+from backend.ml.history.document import TRIGGERS
 from backend.ml.statefile import Recovery, StateFile
 
 logger = logging.getLogger(__name__)
 LOCK_FILE = "training.lock"
 PROGRESS_FILE = "training_progress.json"
-TRIGGERS = ("daily", "manual", "retrain", "catch-up")
 # A reader must never hang on a writer: the runner holds this lock for one small write.
 READ_LOCK_TIMEOUT = 2.0
 

@@ -29,10 +29,10 @@ from typing import Any
 from backend.ml.data import loading
 from backend.ml.fleet import specs
 from backend.ml.fsio import LockTimeout, file_lock, lock_holder
+from backend.ml.history.document import TRIGGERS
 from backend.ml.runs import worker
 from backend.ml.runs.progress import (
     LOCK_FILE,
-    TRIGGERS,
     ProgressWriter,
     RunInProgressError,
     RunProgress,

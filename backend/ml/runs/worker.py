@@ -41,13 +41,14 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from backend.ml.config import REPO_ROOT, Settings
-from backend.ml.runs.progress import TRIGGERS, RunInProgressError
+from backend.ml.history.document import TRIGGERS
+from backend.ml.registry.aliases import ACTORS
+from backend.ml.runs.progress import RunInProgressError
 
 if TYPE_CHECKING:
     from backend.ml.training.trainer import TrainOptions
 
 logger = logging.getLogger(__name__)
-ACTORS = ("cli", "api", "scheduler")
 KINDS = ("run_in_progress", "invalid", "failed")
 
 
