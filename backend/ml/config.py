@@ -18,6 +18,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from backend.ml.fleet.specs import ModelSpec, threshold_for
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ML_DIR = REPO_ROOT / "backend" / "ml"
 DEFAULT_DATABASE_FILE = ML_DIR / "logistics.db"
@@ -182,6 +184,10 @@ class Settings(BaseSettings):
 
     def threshold_overrides(self) -> dict[str, float]:
         return {name: float(value) for name, value in self.MODEL_THRESHOLDS.items()}
+
+    def threshold_for(self, spec: ModelSpec) -> float:
+        """The score below which `spec`'s model counts as failing, as configured here."""
+        return threshold_for(spec, self.MIN_ACCURACY_THRESHOLD, self.threshold_overrides())
 
 
 SECRET_WORDS = ("KEY", "PASSWORD", "SECRET", "TOKEN", "URL")

@@ -19,7 +19,6 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse
 
 from backend.app.deps import ServicesDep, SettingsDep, SpecDep
-from backend.app.routes.models import threshold
 from backend.app.schemas import Envelope, Timeline, error_responses
 from backend.ml.history import parse_timestamp
 from backend.ml.runs.services import Services
@@ -216,7 +215,7 @@ def model_timeline(
     events = [*alias_events(services, name, limit), *retrain_events(services, name, limit),
               *alert_events(services, name, limit)]
     return Envelope(data=Timeline.model_validate({
-        "model": name, "metric": spec.metric, "threshold": threshold(spec, settings),
+        "model": name, "metric": spec.metric, "threshold": settings.threshold_for(spec),
         "aliases": services.store.aliases(name),
         "points": newest([*newest(training_points(services, name), limit),
                           *newest(live_points(services, name, limit), limit)], 2 * limit),

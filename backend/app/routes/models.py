@@ -34,8 +34,6 @@ from backend.app.schemas import (
     VersionList,
     error_responses,
 )
-from backend.ml.config import Settings
-from backend.ml.fleet import specs
 from backend.ml.fleet.specs import ModelSpec
 from backend.ml.monitoring.health import newest_check, read_fleet
 from backend.ml.registry.store import NoProductionModelError, StoreError, UnknownVersionError
@@ -49,11 +47,6 @@ MAX_FIELD_ERRORS = 20
 
 def slim(meta: dict[str, Any] | None) -> dict[str, Any] | None:
     return None if meta is None else {k: v for k, v in meta.items() if k not in BULKY}
-
-
-def threshold(spec: ModelSpec, settings: Settings) -> float:
-    return specs.threshold_for(spec, settings.MIN_ACCURACY_THRESHOLD,
-                               settings.threshold_overrides())
 
 
 @router.get("", response_model=Envelope[ModelList])
@@ -89,7 +82,7 @@ def model_detail(spec: SpecDep, settings: SettingsDep,
     categorical = set(spec.categorical)
     return Envelope(data=ModelDetail.model_validate({
         "name": spec.name, "group": spec.group, "task": spec.task, "metric": spec.metric,
-        "description": spec.description, "threshold": threshold(spec, settings),
+        "description": spec.description, "threshold": settings.threshold_for(spec),
         "features": [{"name": f, "kind": "categorical" if f in categorical else "numeric"}
                      for f in spec.features],
         "aliases": aliases, "production": production,

@@ -137,8 +137,7 @@ class Monitor:
                      model_state: ModelMonitorState) -> CheckVerdict:
         estimator, meta = serving
         spec = specs.get_spec(name)
-        threshold = specs.threshold_for(spec, self.settings.MIN_ACCURACY_THRESHOLD,
-                                        self.settings.threshold_overrides())
+        threshold = self.settings.threshold_for(spec)
         labelled, _ = trainer.labelled_frame(spec, tables[spec.table])
         tcol = schema.time_column(spec.table)
         fresh = labelled[labelled[tcol] > pd.Timestamp(meta["data_end"])]

@@ -141,8 +141,7 @@ def fleet_status(store: ModelStore, settings: Settings, *, monitor: MonitorState
     rows = []
     for name in specs.MODEL_NAMES:
         spec = specs.get_spec(name)
-        threshold = specs.threshold_for(spec, settings.MIN_ACCURACY_THRESHOLD,
-                                        settings.threshold_overrides())
+        threshold = settings.threshold_for(spec)
         production, error = None, None
         try:
             production = store.production_meta(name)

@@ -194,9 +194,7 @@ class Runner:
         try:
             chosen = [specs.get_spec(n) for n in names]
             tables = trainer.load_tables(loading.open_readonly(settings.DATABASE_URL), chosen)
-            thresholds = {s.name: specs.threshold_for(s, settings.MIN_ACCURACY_THRESHOLD,
-                                                      settings.threshold_overrides())
-                          for s in chosen}
+            thresholds = {s.name: settings.threshold_for(s) for s in chosen}
             with trainer.parallel_backend(settings.TRAINING_BACKEND,
                                           settings.DASK_SCHEDULER_ADDRESS):
                 results = trainer.train_many(chosen, tables, thresholds=thresholds,

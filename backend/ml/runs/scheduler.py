@@ -88,11 +88,6 @@ class TrainingScheduler:
             self._thread.join(timeout)
 
     @property
-    def stop_event(self) -> threading.Event:
-        """Set when the scheduler stops: long waits inside jobs (retry backoff) watch it."""
-        return self._stop
-
-    @property
     def active(self) -> bool:
         return self._holding and self._thread is not None and self._thread.is_alive()
 
