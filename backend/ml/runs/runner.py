@@ -98,10 +98,7 @@ class Runner:
 
         Raises RunInProgressError when another run holds the lock (nothing is written).
         """
-        if trigger not in TRIGGERS:
-            raise ValueError(f"trigger must be one of {', '.join(TRIGGERS)}")
-        names = specs.parse_names(list(models) if models is not None and not isinstance(
-            models, str) else models)
+        names = self._checked(trigger, models)
         run_id = run_id or new_run_id()
         if self.isolated:
             summary: dict[str, Any] = worker.run_job(self.settings, worker.train_request(
@@ -122,10 +119,7 @@ class Runner:
         Returns once the worker holds the lock (so an HTTP trigger can answer 202
         truthfully) and raises RunInProgressError at once when another run holds it.
         """
-        if trigger not in TRIGGERS:
-            raise ValueError(f"trigger must be one of {', '.join(TRIGGERS)}")
-        names = specs.parse_names(list(models) if models is not None and not isinstance(
-            models, str) else models)  # a bad name fails here, before a process starts
+        names = self._checked(trigger, models)  # before a process starts
         run_id = run_id or new_run_id()
         child = worker.spawn(self.settings, worker.train_request(
             trigger=trigger, models=names, actor=actor, run_id=run_id, options=options))
@@ -150,6 +144,14 @@ class Runner:
                                   name=f"training-{run_id}", daemon=True)
         reaper.start()
         return run_id, reaper
+
+    @staticmethod
+    def _checked(trigger: str, models: str | Sequence[str] | None) -> list[str]:
+        """The model names of a run request; ValueError for a bad trigger or name."""
+        if trigger not in TRIGGERS:
+            raise ValueError(f"trigger must be one of {', '.join(TRIGGERS)}")
+        return specs.parse_names(list(models) if models is not None and not isinstance(
+            models, str) else models)
 
     @staticmethod
     def _reap(child: Any, run_id: str) -> None:
