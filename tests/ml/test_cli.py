@@ -110,3 +110,19 @@ def test_train_has_no_hidden_service_flags(small_db: str) -> None:
         proc = run_cli("train", "--models", "scenario_analysis", *flag,
                        env={"DATABASE_URL": small_db})
         assert proc.returncode == 2 and "unrecognized arguments" in proc.stderr, flag
+
+
+def test_a_reader_that_goes_away_is_not_an_error(tmp_path: Path) -> None:
+    """`python -m backend.ml models | head -1`: the pipe closes under the command."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before the first line is written
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "MODELS_DIR": str(tmp_path / "m"),
+           "LOGS_DIR": str(tmp_path / "l")}
+    try:
+        proc = subprocess.run([sys.executable, "-m", "backend.ml", "models"], stdout=write_end,
+                              stderr=subprocess.PIPE, text=True, env=env, timeout=60,
+                              cwd=REPO_ROOT)
+    finally:
+        os.close(write_end)
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr, proc.stderr
