@@ -49,6 +49,7 @@ def env_for(tree: Path, state: Path, url: str) -> dict[str, str]:
     path = os.pathsep.join(filter(None, [str(tree), os.environ.get("PYTHONPATH")]))
     return {**os.environ, "PYTHONPATH": path, "DATABASE_URL": url,
             "MODELS_DIR": str(state / "models"), "LOGS_DIR": str(state / "logs"),
+            "MODEL_SIGNING_KEY_FILE": str(state / "keys" / "model_signing.key"),
             "SCHEDULER_ENABLED": "false"}
 
 

@@ -37,7 +37,8 @@ def free_port() -> int:
 
 def start_server(tmp: Path, port: int) -> tuple[subprocess.Popen[bytes], float]:
     env = {**os.environ, "PYTHONPATH": str(REPO), "MODELS_DIR": str(tmp / "models"),
-           "LOGS_DIR": str(tmp / "logs"), "SCHEDULER_ENABLED": "false"}
+           "LOGS_DIR": str(tmp / "logs"), "SCHEDULER_ENABLED": "false",
+           "MODEL_SIGNING_KEY_FILE": str(tmp / "keys" / "model_signing.key")}
     started = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "backend.app.main:app",
                              "--host", "127.0.0.1", "--port", str(port), "--log-level",

@@ -39,9 +39,11 @@ def isolated_state(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """Point every default path at a session folder: no test (nor a CLI process a test
     starts) may touch the repository's own database, models or logs."""
     root = tmp_path_factory.mktemp("state")
-    saved = {k: os.environ.get(k) for k in ("DATABASE_URL", "MODELS_DIR", "LOGS_DIR")}
+    saved = {k: os.environ.get(k) for k in ("DATABASE_URL", "MODELS_DIR", "LOGS_DIR",
+                                            "MODEL_SIGNING_KEY_FILE")}
     os.environ.update(DATABASE_URL=f"sqlite:///{root / 'absent.db'}",
-                      MODELS_DIR=str(root / "models"), LOGS_DIR=str(root / "logs"))
+                      MODELS_DIR=str(root / "models"), LOGS_DIR=str(root / "logs"),
+                      MODEL_SIGNING_KEY_FILE=str(root / "keys" / "model_signing.key"))
     try:
         yield root
     finally:

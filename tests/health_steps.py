@@ -103,7 +103,7 @@ def first_version_below_threshold(settings: Settings, stack: contextlib.ExitStac
     store = ModelStore(settings.MODELS_DIR)
     donor = store.production_meta(MODEL)
     assert donor is not None
-    payload = (settings.MODELS_DIR / MODEL / f"{donor['version']}.joblib").read_bytes()
+    payload = store.paths(MODEL, donor["version"])[0].read_bytes()
     meta = {k: v for k, v in donor.items() if k not in ("name", "version", "sha256")}
     saved = store.import_version(FRESH, payload, {**meta, "score": 0.41, "passed": False,
                                                   "threshold": 0.7})

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hmac
 import re
 import threading
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Protocol
 
 from cachetools import LRUCache
@@ -41,7 +41,8 @@ class Scheduler(Protocol):
 
 
 class EstimatorCache:
-    """Verified, unpickled estimators by (model, version), least recently used dropped.
+    """Verified, unpickled estimators by (model, version), least recently used dropped: at
+    most `size` (64) of them, however many versions clients ask for.
 
     A version's files never change once committed, so a cached estimator stays right; the
     production alias is read on every request, so a promotion or rollback is seen at once.
@@ -53,7 +54,8 @@ class EstimatorCache:
 
     def __init__(self, size: int = 64) -> None:
         self._items: LRUCache[tuple[str, str], tuple[Pipeline, Meta]] = LRUCache(maxsize=size)
-        self.serving: dict[tuple[str, str], str] = {}
+        # (model, production version) -> the version serving for it; bounded like the items
+        self.serving: LRUCache[tuple[str, str], str] = LRUCache(maxsize=size)
         self._lock = threading.Lock()  # LRUCache is not thread-safe; requests run in threads
 
     def get(self, name: str, version: str) -> tuple[Pipeline, Meta] | None:
@@ -156,8 +158,10 @@ ISO_TIME = re.compile(r"(\d{4}-\d{2}-\d{2})[Tt](\d{2}):(\d{2})(?::(\d{2})(?:\.(\
 
 
 def iso_time(value: object) -> object:
-    """An RFC 3339 time as a datetime (a missing zone means UTC; a leap second counts as :59).
-    Stricter than pydantic, which would also take `0.5` as seconds since 1970."""
+    """An RFC 3339 time as an aware datetime (a missing zone means UTC; a leap second counts
+    as :59). Stricter than pydantic, which would also take `0.5` as seconds since 1970; and
+    a time that has no UTC equivalent (9999-12-31T23:59-14:00) is refused here rather than
+    overflowing later."""
     if value is None or isinstance(value, datetime):
         return value
     match = ISO_TIME.fullmatch(str(value))
@@ -166,9 +170,15 @@ def iso_time(value: object) -> object:
                          "(UTC when it names no zone)")
     day, hours, minutes, seconds, fraction, zone = match.groups()
     second = min(int(seconds or 0), 59)
-    zone = "+00:00" if zone in ("Z", "z") else zone or ""
-    return datetime.fromisoformat(f"{day}T{hours}:{minutes}:{second:02d}."
-                                  f"{(fraction or '')[:6].ljust(6, '0')}{zone}")
+    zone = "+00:00" if zone in ("Z", "z") else zone or "+00:00"
+    moment = datetime.fromisoformat(f"{day}T{hours}:{minutes}:{second:02d}."
+                                    f"{(fraction or '')[:6].ljust(6, '0')}{zone}")
+    try:
+        moment.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("is out of range: the time must fall between the years 0001 and "
+                         "9999 in UTC") from None
+    return moment
 
 
 Since = Annotated[datetime | None, BeforeValidator(iso_time), Query(

@@ -10,6 +10,9 @@ rise:
                                     to, nothing promoted yet, a checksum mismatch, busy)
     runner.RunInProgressError       409, with the running run's id in `error.run_id`
     RequestValidationError          422, naming each bad field (`error.details` lists them)
+    OSError of a full, read-only    503, one line naming the path (`storage_failure`), also
+    or forbidden disk (ENOSPC,      when it is the cause of a StoreError or of any other
+    EDQUOT, EROFS, EACCES, EPERM)   exception; logged as one line, without a traceback
     any other exception             500 with a reference; the traceback goes to the log only
 
 The catch-all is an ASGI middleware rather than an `Exception` handler: Starlette re-raises
@@ -18,6 +21,7 @@ after such a handler has answered, which would log every failure twice under uvi
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 from collections.abc import Mapping, Sequence
@@ -36,6 +40,9 @@ from backend.ml.runs.progress import RunInProgressError
 
 logger = logging.getLogger("backend.app")
 MAX_REPORTED = 10
+# The disk is full, read-only or refuses us: the operator must act, the client can retry.
+STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES,
+                            errno.EPERM})
 
 
 def error_response(code: int, message: str, *, headers: Mapping[str, str] | None = None,
@@ -99,7 +106,38 @@ async def _unknown_model(request: Request, exc: Exception) -> JSONResponse:
     return error_response(404, str(exc))
 
 
+def storage_failure(exc: BaseException) -> OSError | None:
+    """The OSError of a full, read-only or forbidden disk that `exc` is or was caused by."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in STORAGE_ERRNOS:
+            return current
+        current = current.__cause__ or (None if current.__suppress_context__
+                                        else current.__context__)
+    return None
+
+
+def storage_response(exc: BaseException, cause: OSError) -> JSONResponse:
+    """503 naming the path and the reason in one line (logged as one line too)."""
+    if isinstance(exc, OSError):  # the OSError itself, or a wrapper of ours with the path
+        detail = (f"{exc.filename}: {exc.strerror}" if exc.filename
+                  else exc.strerror or str(exc))
+    else:
+        detail = str(exc)
+    if cause.filename and str(cause.filename) not in detail:
+        detail += f" ({cause.filename})"
+    code = errno.errorcode.get(cause.errno or 0, "OSError")
+    message = " ".join(f"storage unavailable ({code}): {detail}".split())[:1000]
+    logger.error("%s", message)
+    return error_response(503, message)
+
+
 async def _store_error(request: Request, exc: Exception) -> JSONResponse:
+    cause = storage_failure(exc)
+    if cause is not None:
+        return storage_response(exc, cause)
     return error_response(404 if isinstance(exc, UnknownVersionError) else 409, str(exc))
 
 
@@ -127,7 +165,11 @@ class CatchAll:
 
         try:
             await self.app(scope, receive, tracking_send)
-        except Exception:
+        except Exception as exc:
+            cause = storage_failure(exc)
+            if cause is not None and not started:
+                await storage_response(exc, cause)(scope, receive, send)
+                return
             ref = uuid4().hex[:12]
             logger.exception("unhandled error in %s %s (ref %s)", scope.get("method"),
                              scope.get("path"), ref)

@@ -4,7 +4,8 @@ The service runs as several uvicorn workers and trains in child processes, so co
 kept in one process's memory would disagree between workers and reset on restart. Every
 number here is read, when scraped, from what all processes share: the model registry and
 version metadata (JSON), the training history (with its archived totals, so counters do
-not go down when old entries are archived), the monitor's state and the training lock.
+not go down when old entries are archived), the monitor's state, the alert cooldown (its
+count of suppressed alerts) and the training lock.
 Any worker answers the same numbers, except `ml_scheduler_lease_held`, which is about the
 process answering.
 
@@ -26,6 +27,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from backend.app.deps import Scheduler
+from backend.ml.alerts.service import suppressed_counts
 from backend.ml.config import Settings
 from backend.ml.fleet import specs
 from backend.ml.history import STATUSES, parse_timestamp
@@ -140,6 +142,15 @@ class FleetCollector(Collector):
         for kind, count in sorted(totals["alerts_by_kind"].items()):
             alerts.add_metric([kind], count)
         yield alerts
+        suppressed = CounterMetricFamily(
+            "ml_alerts_suppressed", "Alerts held back by the cooldown (the same kind and "
+            "model was raised at the same or a graver level within ALERT_COOLDOWN_SECONDS), "
+            "by kind and level, since the cooldown file was made", labels=["kind", "level"])
+        counts = suppressed_counts(self.settings.LOGS_DIR,
+                                   on_recover=self.services.report_recovery)
+        for (kind, level), count in sorted(counts.items()):
+            suppressed.add_metric([kind, level], count)
+        yield suppressed
 
     def _process(self) -> Iterator[Metric]:
         active = self.scheduler is not None and bool(self.scheduler.status()

@@ -16,8 +16,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from backend.ml.history import STATUSES
 
 T = TypeVar("T")
-VERSION_PATTERN = r"^v[0-9]{4,}$"
-MAX_RECORDS = 10_000
+VERSION_PATTERN = r"^v[0-9]{4,9}$"
+# The most records the schema takes; the route holds a request to MAX_PREDICT_RECORDS.
+MAX_RECORDS = 100_000
 TrainingStatus = Literal["running", "success", "partial", "failed", "interrupted"]
 assert set(get_args(TrainingStatus)) == set(STATUSES), "keep in step with the history"
 
@@ -52,12 +53,17 @@ class ErrorEnvelope(BaseModel):
 
 ERROR_DESCRIPTIONS = {
     401: "Missing or wrong `Authorization: Bearer <ML_API_KEY>` (only when the key is set).",
+    403: "A change sent from another site (`Origin`, `Sec-Fetch-Site`) not in "
+         "ALLOWED_ORIGINS.",
     404: "Unknown model, version or run; the message lists what exists.",
     409: "Conflict with the current state: a run is already running, nothing to roll back "
          "to, no production version yet, or a version failing its checksum.",
+    413: "The request body is larger than MAX_REQUEST_BYTES.",
+    415: "A request body that is not JSON (`Content-Type: application/json`).",
     422: "Invalid input; the message names the field (and lists valid model names).",
     500: "Unexpected error; details are in the server log under the reference given.",
-    503: "No version of the model can be served.",
+    503: "No version of the model can be served, or the service's state cannot be written "
+         "(disk full, read-only or not permitted; the message names the path).",
 }
 
 
@@ -307,8 +313,8 @@ class PredictRequest(BaseModel):
     records: list[dict[str, Any]] = Field(
         min_length=1, max_length=MAX_RECORDS,
         description="Rows of feature values (see GET /ml/models/{name}): categorical features "
-                    "as strings, numeric ones as numbers; null for a missing value. Other "
-                    "keys are ignored.")
+                    "as strings, numeric ones as finite numbers; null for a missing value. "
+                    "Other keys are ignored. At most MAX_PREDICT_RECORDS (default 10,000).")
     version: str | None = Field(None, pattern=VERSION_PATTERN,
                                 description="Default: production (or its verified fallback).")
 

@@ -2,6 +2,9 @@
 
 Every command reads the same settings as the service (environment variables). Errors
 are one line naming the problem, exit code 2; a training run with a failed model exits 1.
+A write the system refuses (disk full, read-only file system, no permission, quota) is
+such an error too: one line naming the file, and for a run whether it is on record. Log
+lines that cannot be written then are dropped, so they cannot bury that line.
 
 Each command imports what it uses inside its function, so a read-only command (`history`,
 `backups`) starts without loading pandas, scikit-learn or the database driver.
@@ -10,7 +13,9 @@ Each command imports what it uses inside its function, so a read-only command (`
 from __future__ import annotations
 
 import argparse
+import errno
 import json
+import logging
 import os
 import sys
 import time
@@ -32,10 +37,21 @@ USER_ERRORS = {
     "backend.ml.data.schema": ("DataError",),
     "backend.ml.data.synthetic": ("DatabaseExistsError",),
     "backend.ml.registry.store": ("StoreError",),
+    "backend.ml.registry.signing": ("SigningKeyError",),
     "backend.ml.runs.progress": ("RunInProgressError",),
     "backend.ml.history.document": ("HistoryWriteError",),
     "backend.ml.fsio": ("LockTimeout",),
 }
+
+
+# A write the system refused: the disk (or quota) is full, or the place is not writable.
+REFUSED_WRITES = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES,
+                  errno.EPERM}
+# The same from SQLite (primary result codes): full, read-only, cannot open, I/O, permission.
+REFUSED_SQLITE = {13, 8, 14, 10, 3}
+# Warnings of a command (the log it cannot write), shown only when it succeeds: a failing
+# command's one line says what went wrong.
+_deferred_warnings: list[str] = []
 
 
 class CommandError(Exception):
@@ -57,7 +73,7 @@ def _log_to_service_log(settings: Settings) -> None:
 
         configure_logging(settings.LOGS_DIR, console=False)
     except OSError as exc:
-        print(f"warning: not logging to {settings.LOGS_DIR}: {exc}", file=sys.stderr)
+        _deferred_warnings.append(f"warning: not logging to {settings.LOGS_DIR}: {exc}")
 
 
 def _progress_printer(total: int, *, stream: Any = sys.stderr) -> Callable[[Any], None]:
@@ -179,14 +195,36 @@ def cmd_rollback(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_restore(args: argparse.Namespace, settings: Settings) -> int:
     from backend.ml.registry.backups import restore_backup
+    from backend.ml.runs.services import Services
 
     path = Path(args.backup)
     if not path.is_absolute():
         path = settings.LOGS_DIR / path
+    store = Services.from_settings(settings).store
     restored = restore_backup(settings.MODELS_DIR, path, key=settings.BACKUP_ENCRYPTION_KEY,
-                              actor="cli")
+                              actor="cli", store=store, trust_unsigned=args.trust_existing)
     print(f"restored {path.name}: " + json.dumps(restored, default=str))
     return 0
+
+
+def cmd_sign(args: argparse.Namespace, settings: Settings) -> int:
+    from backend.ml.registry.signing import signer_from_file
+    from backend.ml.runs.services import Services
+
+    if not (args.trust_existing or args.previous_key_file):
+        raise CommandError("sign needs --trust-existing (sign every version whose files are "
+                           "whole, vouching for them) or --previous-key-file FILE (re-sign "
+                           "the versions that verify under an old key)")
+    previous = signer_from_file(args.previous_key_file) if args.previous_key_file else None
+    store = Services.from_settings(settings).store
+    report = store.sign(trust_existing=args.trust_existing, previous=previous)
+    for row in report:
+        print(f"{row['name']} {row['version']}: {row['result']}")
+    signed = sum(1 for row in report if row["result"].startswith("signed"))
+    left = sum(1 for row in report if row["result"].startswith("left"))
+    print(f"signed {signed}, left unsigned {left}, of {len(report)} version(s); key "
+          f"{store.signer.key_id} ({store.signer.source})")
+    return 0 if left == 0 else EXIT_FAILED_RUN
 
 
 def cmd_backups(args: argparse.Namespace, settings: Settings) -> int:
@@ -286,6 +324,7 @@ def cmd_scheduler(args: argparse.Namespace, settings: Settings) -> int:
     scheduler.start()
     done.wait()
     scheduler.stop()
+    runner.close()
     return 0
 
 
@@ -336,7 +375,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("restore", help="restore a backup set (name under LOGS_DIR or a path)")
     p.add_argument("backup")
+    p.add_argument("--trust-existing", action="store_true",
+                   help="also restore versions saved before models were signed")
     p.set_defaults(func=cmd_restore)
+
+    p = sub.add_parser("sign", help="sign stored versions with the model signing key (after "
+                                    "an upgrade, or a key rotation)")
+    p.add_argument("--trust-existing", action="store_true",
+                   help="sign every version whose model file matches its recorded SHA-256")
+    p.add_argument("--previous-key-file", type=Path,
+                   help="re-sign versions that verify under the key in this file")
+    p.set_defaults(func=cmd_sign)
 
     p = sub.add_parser("backups", help="list backup sets")
     p.set_defaults(func=cmd_backups)
@@ -377,19 +426,73 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValidationError as exc:
         print(f"error: {describe_invalid(exc)}", file=sys.stderr)
         return EXIT_USAGE
+    logging.raiseExceptions = False  # a log line the disk refuses is dropped, not printed
     try:
         result: int = args.func(args, settings)
-        return result
     except BrokenPipeError:
         # The reader went away (`... | head`): not an error. Point stdout at /dev/null so
         # the interpreter's final flush does not raise again.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except Exception as exc:
-        if not isinstance(exc, user_errors()):
+        line = error_line(exc, settings)
+        if line is None:
             raise
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {line}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    for warning in _deferred_warnings:
+        print(warning, file=sys.stderr)
+    return result
+
+
+def error_line(exc: BaseException, settings: Settings) -> str | None:
+    """The one line for an error the user can act on, with the notes a run adds (whether
+    it is on record); None for anything else, a bug, whose traceback is shown."""
+    refused = _refused_write(exc)
+    if isinstance(exc, user_errors()):
+        text = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+    elif refused is not None:
+        text = (f"cannot write {refused.filename}: {refused.strerror}" if refused.filename
+                else f"{refused.strerror or refused} (writing under {settings.MODELS_DIR} "
+                     f"or {settings.LOGS_DIR})")
+    elif (database := _refused_database_write(exc, settings)) is not None:
+        text = database
+    else:
+        return None
+    notes = [str(note) for note in getattr(exc, "__notes__", None) or []]
+    return " ".join("; ".join([text, *notes]).split())  # one line, whatever the texts hold
+
+
+def _causes(exc: BaseException) -> list[BaseException]:
+    """`exc` and what led to it (causes, contexts, a database driver's original error)."""
+    found: list[BaseException] = []
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        current = todo.pop(0)
+        if current is None or any(current is seen for seen in found):
+            continue
+        found.append(current)
+        orig = getattr(current, "orig", None)
+        todo += [current.__cause__, current.__context__,
+                 orig if isinstance(orig, BaseException) else None]
+    return found
+
+
+def _refused_write(exc: BaseException) -> OSError | None:
+    """The write the system refused behind `exc`, the one naming its file if any."""
+    refused = [e for e in _causes(exc) if isinstance(e, OSError) and e.errno in REFUSED_WRITES]
+    return next((e for e in refused if e.filename), refused[0] if refused else None)
+
+
+def _refused_database_write(exc: BaseException, settings: Settings) -> str | None:
+    for cause in _causes(exc):
+        code = getattr(cause, "sqlite_errorcode", None)
+        if isinstance(code, int) and code & 0xFF in REFUSED_SQLITE:
+            from backend.ml.data.loading import describe_url, sqlite_path
+
+            where = sqlite_path(settings.DATABASE_URL) or describe_url(settings.DATABASE_URL)
+            return f"cannot write the database {where}: {cause}"
+    return None

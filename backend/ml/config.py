@@ -41,6 +41,25 @@ def resolve_database_url(url: str) -> str:
     return url
 
 
+Origin = tuple[str, str, int]  # (scheme, host, port) of a web origin
+DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def parse_origin(text: str) -> Origin | None:
+    """`https://Ops.example.com` -> ("https", "ops.example.com", 443); None unless `text` is
+    an http(s) origin (no path beyond "/", no query, fragment or user)."""
+    try:
+        parts = urlsplit(text)
+        port = parts.port
+    except ValueError:
+        return None
+    scheme = parts.scheme.lower()
+    if (scheme not in DEFAULT_PORTS or not parts.hostname or parts.path not in ("", "/")
+            or parts.query or parts.fragment or "@" in parts.netloc):
+        return None
+    return scheme, parts.hostname, port or DEFAULT_PORTS[scheme]
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="", case_sensitive=True, extra="ignore")
 
@@ -55,6 +74,9 @@ class Settings(BaseSettings):
     BACKUP_MODELS: bool = True
     BACKUP_RETENTION_DAYS: int = Field(30, ge=0)
     BACKUP_ENCRYPTION_KEY: str | None = None
+    # Unset: the key file below, made on first use. Set: at least 32 characters.
+    MODEL_SIGNING_KEY: str | None = Field(None, min_length=32)
+    MODEL_SIGNING_KEY_FILE: Path = Path("backend/ml/secrets/model_signing.key")
     PROMOTION_TOLERANCE: float = Field(0.005, ge=0.0, le=0.5)
     KEEP_CANDIDATES: int = Field(3, ge=0)
     MODELS_DIR: Path = Path("backend/ml/models")
@@ -80,6 +102,12 @@ class Settings(BaseSettings):
     ALERT_WEBHOOK_URL: str | None = None
     # A run longer than this raises a training_slow alert.
     TRAINING_SLOW_SECONDS: float = Field(1800.0, gt=0)
+    # The HTTP edge: other sites allowed to send mutating requests (comma-separated
+    # scheme://host[:port]), the largest request body (10,000 records of the widest model
+    # are about 4 MiB of JSON), and the most records one predict request may hold.
+    ALLOWED_ORIGINS: str = ""
+    MAX_REQUEST_BYTES: int = Field(8 * 2**20, ge=1024, le=256 * 2**20)
+    MAX_PREDICT_RECORDS: int = Field(10_000, ge=1, le=100_000)
 
     @field_validator("DATABASE_URL")
     @classmethod
@@ -119,7 +147,7 @@ class Settings(BaseSettings):
                     raise ValueError(f"threshold for {name!r} must be within [0, 1]")
         return value
 
-    @field_validator("MODELS_DIR", "LOGS_DIR", "HISTORY_FILE")
+    @field_validator("MODELS_DIR", "LOGS_DIR", "HISTORY_FILE", "MODEL_SIGNING_KEY_FILE")
     @classmethod
     def _paths(cls, value: Path | None) -> Path | None:
         return None if value is None else resolve_path(value)
@@ -138,6 +166,15 @@ class Settings(BaseSettings):
             raise ValueError("must be an http:// or https:// URL")
         return value
 
+    @field_validator("ALLOWED_ORIGINS")
+    @classmethod
+    def _origins(cls, value: str) -> str:
+        for origin in (o.strip() for o in value.split(",")):
+            if origin and parse_origin(origin) is None:
+                raise ValueError(f"{origin!r} is not an origin: scheme://host[:port], http "
+                                 "or https, no path (e.g. https://ops.example.com)")
+        return value
+
     @field_validator("ALERT_EMAIL_FROM", "ALERT_EMAIL_TO")
     @classmethod
     def _addresses(cls, value: str, info: ValidationInfo) -> str:
@@ -153,6 +190,14 @@ class Settings(BaseSettings):
             raise ValueError("SMTP_HOST is set but ALERT_EMAIL_TO is empty: set the "
                              "recipients (comma-separated) or unset SMTP_HOST")
         return value
+
+    @model_validator(mode="after")
+    def _key_outside_models(self) -> Settings:
+        # Whoever can write the models folder (or holds a copy of it) must not hold the key.
+        if self.MODEL_SIGNING_KEY_FILE.is_relative_to(self.MODELS_DIR):
+            raise ValueError(f"MODEL_SIGNING_KEY_FILE ({self.MODEL_SIGNING_KEY_FILE}) must lie "
+                             f"outside MODELS_DIR ({self.MODELS_DIR})")
+        return self
 
     @model_validator(mode="after")
     def _dask_needs_address(self) -> Settings:
@@ -178,6 +223,11 @@ class Settings(BaseSettings):
             else:
                 env[name] = str(value)
         return env
+
+    def allowed_origins(self) -> frozenset[Origin]:
+        """ALLOWED_ORIGINS parsed (scheme, host, port)."""
+        return frozenset(found for o in self.ALLOWED_ORIGINS.split(",")
+                         if (found := parse_origin(o.strip())) is not None)
 
     def alert_recipients(self) -> list[str]:
         return [a.strip() for a in self.ALERT_EMAIL_TO.split(",") if a.strip()]

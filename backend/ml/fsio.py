@@ -61,11 +61,35 @@ def atomic_write_bytes(path: Path, payload: bytes, *, mode: int = FILE_MODE) -> 
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(exc, OSError) and exc.filename is None:  # a write or fsync: say where
+            raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
         raise
     fsync_dir(path.parent)
+
+
+def create_exclusive(path: Path, payload: bytes, *, mode: int = FILE_MODE) -> bool:
+    """Create `path` holding `payload`, whole, unless it exists: True if this call created
+    it. Two processes racing to create it end with one file, the first one's."""
+    ensure_dir(path.parent)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(payload)
+            handle.flush()
+            os.fsync(handle.fileno())
+        try:
+            os.link(tmp, path)  # unlike a rename, a link never replaces an existing file
+        except FileExistsError:
+            return False
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+    fsync_dir(path.parent)
+    return True
 
 
 def atomic_write_json(path: Path, obj: Any, *, indent: int | None = 2) -> None:
@@ -110,8 +134,11 @@ def file_lock(path: Path, *, timeout: float = 60.0, purpose: str = "") -> Iterat
                 time.sleep(0.05)
         handle.seek(0)
         handle.truncate()
-        handle.write(f"pid={os.getpid()} {purpose}".strip())
-        handle.flush()
+        holder = f"pid={os.getpid()} {purpose}".strip().encode("utf-8", errors="replace")
+        # Unbuffered, and only a courtesy to a refused caller: on a full disk the lock is
+        # held without it, so the write that needs the space is the one that fails.
+        with contextlib.suppress(OSError):
+            os.write(handle.fileno(), holder)
         try:
             yield
         finally:

@@ -255,7 +255,7 @@ def test_predict_non_finite_number_is_422(shared_client: TestClient, small_db: s
 def test_a_tampered_production_file_is_not_served_and_is_alerted(
         make_client: ClientFactory, small_db: str) -> None:
     client = make_client()
-    production = app_settings(client).MODELS_DIR / ROLLBACK / "v0002.joblib"
+    production = app_settings(client).MODELS_DIR / ROLLBACK / "v0002.skops"
     production.write_bytes(production.read_bytes() + b"tampered")
     body = {"records": records(small_db, ROLLBACK, 2)}
     data_ = ok(client.post(f"/ml/models/{ROLLBACK}/predict", json=body))

@@ -52,7 +52,7 @@ def snapshot(client: TestClient) -> dict[Path, bytes]:
     settings = app_settings(client)
     files = [settings.MODELS_DIR / "registry.json", settings.history_file,
              *sorted(settings.MODELS_DIR.rglob("v*.json")),
-             *sorted(settings.MODELS_DIR.rglob("v*.joblib"))]
+             *sorted(settings.MODELS_DIR.rglob("v*.skops"))]
     return {path: path.read_bytes() for path in files}
 
 

@@ -69,7 +69,7 @@ def test_backup_hard_links_the_production_set(dirs: tuple[Path, Path],
     assert manifest["encrypted"] is False and manifest["created_at"] == NOW.isoformat()
     entry = manifest["models"][NAME]
     assert entry["version"] == "v0002" and entry["sha256"] == ms.verify(NAME, "v0002")["sha256"]
-    assert entry["files"] == {"model": f"{NAME}_v0002.joblib", "meta": f"{NAME}_v0002.json"}
+    assert entry["files"] == {"model": f"{NAME}_v0002.skops", "meta": f"{NAME}_v0002.json"}
     assert set(manifest["models"]) == {NAME, OTHER}  # delay_prediction has no production
     for kind, source in zip(("model", "meta"), ms.paths(NAME, "v0002"), strict=True):
         assert os.stat(backup / entry["files"][kind]).st_ino == os.stat(source).st_ino
@@ -85,7 +85,7 @@ def test_backup_leaves_out_a_production_file_that_fails_its_checksum(
         dirs: tuple[Path, Path], estimators: tuple[Pipeline, Pipeline]) -> None:
     models_dir, logs_dir = dirs
     production_store(models_dir, estimators)
-    flip_byte(models_dir / OTHER / "v0001.joblib")
+    flip_byte(models_dir / OTHER / "v0001.skops")
     backup = backup_production(models_dir, logs_dir, [NAME, OTHER], now=NOW)
     assert backup is not None
     manifest = json.loads((backup / "manifest.json").read_text())
@@ -100,8 +100,8 @@ def test_encrypted_backup_restores_only_with_its_key(
     backup = backup_production(models_dir, logs_dir, [NAME, OTHER], key=key, now=NOW)
     assert backup is not None
     assert sorted(p.name for p in backup.iterdir()) == sorted(
-        ["manifest.json", f"{NAME}_v0002.joblib.enc", f"{NAME}_v0002.json.enc",
-         f"{OTHER}_v0001.joblib.enc", f"{OTHER}_v0001.json.enc"])
+        ["manifest.json", f"{NAME}_v0002.skops.enc", f"{NAME}_v0002.json.enc",
+         f"{OTHER}_v0001.skops.enc", f"{OTHER}_v0001.json.enc"])
     manifest = json.loads((backup / "manifest.json").read_text())
     assert manifest["encrypted"] is True
     plain = ms.paths(NAME, "v0002")[0].read_bytes()
@@ -141,7 +141,7 @@ def test_restore_writes_a_new_version_when_the_backed_up_one_is_gone(
     ms.promote(NAME, "v0001", reason="older", actor="scheduler")
     ModelStore(models_dir, keep_candidates=0).prune(NAME)  # v0002 goes from the store
     assert ms.committed(NAME) == ["v0001", "v0003"]
-    assert os.path.exists(backup / f"{NAME}_v0002.joblib")  # the hard link outlives it
+    assert os.path.exists(backup / f"{NAME}_v0002.skops")  # the hard link outlives it
 
     restored = restore_backup(models_dir, backup, key=None, actor="api")
     assert restored["models"][NAME] == {"backup_version": "v0002", "version": "v0004",
@@ -162,7 +162,7 @@ def test_restore_refuses_a_bad_checksum_and_a_missing_backup(
     backup = backup_production(models_dir, logs_dir, [NAME, OTHER], now=NOW)
     assert backup is not None
     ModelStore(models_dir).rollback(NAME, actor="cli")
-    member = backup / f"{OTHER}_v0001.joblib"
+    member = backup / f"{OTHER}_v0001.skops"
     tampered = bytearray(member.read_bytes())
     tampered[-10] ^= 0xFF
     member.unlink()  # a new file: the store's linked copy stays intact

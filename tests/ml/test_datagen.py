@@ -80,7 +80,7 @@ def test_unreachable_database_is_a_clear_error() -> None:
         loading.load_table(engine, "shipments")
 
 
-DRIFT_CASES = [(s.name, model) for s in synthetic.SCENARIOS.values() for model in s.hurts]
+DRIFT_CASES = [(s.name, model) for s in synthetic.SCENARIOS.values() for model in s.targets]
 
 
 @pytest.mark.slow

@@ -1,7 +1,8 @@
 """State written by the previous release's own code (tests/ml/fixtures/release_1: two
 versions of fuel_consumption, a registry with the audit inside it, a backup set, a
 history, the alert cooldown, the monitor's state and a run's progress) still loads, and
-is upgraded at the next write without losing anything."""
+is upgraded at the next write without losing anything. Its versions were stored before
+models were signed: they are refused until the operator signs them once."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from backend.ml.history import History
 from backend.ml.monitoring.health import read_fleet
 from backend.ml.monitoring.state import read_state
 from backend.ml.registry.backups import list_backups, restore_backup
-from backend.ml.registry.store import ModelStore
+from backend.ml.registry.store import ModelStore, SignatureError, StoreError
 from backend.ml.runs.progress import current_run, progress_file
 
 FIXTURE = Path(__file__).parent / "fixtures" / "release_1"
@@ -34,6 +35,10 @@ def test_versions_aliases_and_audit_load_and_the_audit_moves_out_at_the_next_wri
         state: Path) -> None:
     store = ModelStore(state / "models")
     assert store.aliases(NAME) == {"production": "v0001", "previous": "v0002"}
+    with pytest.raises(SignatureError, match="sign --trust-existing"):
+        store.load(NAME)
+    assert {r["result"] for r in store.sign(trust_existing=True)
+            if r["name"] == NAME} == {"signed (trusted as found)"}
     estimator, meta = store.load(NAME)
     assert meta["version"] == "v0001" and hasattr(estimator, "predict")
     assert [(v["version"], v["state"]) for v in store.versions(NAME)] == [
@@ -55,8 +60,12 @@ def test_the_backup_set_lists_and_restores(state: Path) -> None:
     [backup] = list_backups(state / "logs")
     assert backup["models"] == {NAME: "v0001"}
     store = ModelStore(state / "models")
+    store.sign(trust_existing=True)
     store.rollback(NAME, to="v0002", actor="cli")
-    restored = restore_backup(state / "models", Path(backup["path"]), key=None, actor="cli")
+    with pytest.raises(StoreError, match="--trust-existing"):
+        restore_backup(state / "models", Path(backup["path"]), key=None, actor="cli")
+    restored = restore_backup(state / "models", Path(backup["path"]), key=None, actor="cli",
+                              trust_unsigned=True)
     assert restored["models"][NAME]["version"] == "v0001"
     assert store.aliases(NAME)["production"] == "v0001"
 

@@ -71,13 +71,16 @@ def test_worse_challenger_is_kept_as_candidate_and_rollback_restores(
     sample = loading.load_table(loading.readonly_engine(small_db), spec.table).tail(20)
     good_predictions = services.store.load(spec.name)[0].predict(sample[list(spec.features)])
 
-    # A challenger fitted on degraded data (labels shuffled) must not replace production.
+    # A challenger fitted on degraded data (training labels shuffled; the newest rows, the
+    # gate's holdout, keep theirs) must not replace production.
     degraded = tmp_path / "degraded.db"
     make_database(degraded, days=300, seed=42)
     engine = loading.writable_engine(f"sqlite:///{degraded}")
     with engine.begin() as conn:
         conn.exec_driver_sql("UPDATE dispatch_decisions SET throughput_tonnes = "
-                             "(abs(random()) % 100000) / 10.0")
+                             "(abs(random()) % 100000) / 10.0 WHERE decided_at < (SELECT "
+                             "decided_at FROM dispatch_decisions ORDER BY decided_at LIMIT 1 "
+                             "OFFSET (SELECT COUNT(*) * 3 / 4 FROM dispatch_decisions))")
     worse = Runner(Services.from_settings(settings_for(tmp_path, f"sqlite:///{degraded}")))
     second = worse.run(models=["scenario_analysis"], actor="cli")
     detail = second["model_details"]["advanced_models"]["scenario_analysis"]
@@ -111,7 +114,7 @@ def test_tampered_production_is_refused_previous_serves_and_an_alert_is_recorded
     if aliases["previous"] is None:  # the gate kept v2 as candidate: promote it by hand
         services.store.promote("decision_support", "v0002", reason="test", actor="cli")
     production = services.store.aliases("decision_support")["production"]
-    model_file = settings.MODELS_DIR / "decision_support" / f"{production}.joblib"
+    model_file = services.store.paths("decision_support", str(production))[0]
     payload = bytearray(model_file.read_bytes())
     payload[len(payload) // 2] ^= 0xFF
     model_file.write_bytes(bytes(payload))
@@ -344,7 +347,9 @@ def test_the_worker_answers_one_json_line_and_errors_by_kind(small_db: str,
             Runner(Services.from_settings(settings)).start(models=FAST[:1])
         assert time.monotonic() - started < 30  # at once: not after a start-up timeout
     assert worker.parse_answer(0, 'noise\n{"ok": true, "result": 3}\n', "") == 3
-    with pytest.raises(worker.WorkerError, match="code -9 without an answer: Killed"):
+    with pytest.raises(worker.WorkerError,
+                       match=r"killed by SIGKILL without an answer; its last output: "
+                             r"loading \| Killed"):
         worker.parse_answer(-9, "", "loading\nKilled\n")
 
 

@@ -82,6 +82,22 @@ def flip_byte(path: Path, at: int = -10) -> None:
     path.write_bytes(bytes(payload))
 
 
+def spy_on_deserializers(monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    """A list that gets every payload handed to skops or joblib to load."""
+    import skops.io
+
+    seen: list[object] = []
+    for module, attr in ((skops.io, "loads"), (joblib, "load")):
+        real = getattr(module, attr)
+
+        def spy(source: object, *args: object, _real: object = real, **kw: object) -> object:
+            seen.append(source)
+            return _real(source, *args, **kw)  # type: ignore[operator]
+
+        monkeypatch.setattr(module, attr, spy)
+    return seen
+
+
 def predict(estimator: Pipeline) -> np.ndarray:
     return np.asarray(estimator.predict(features(5, seed=1)))
 
@@ -97,8 +113,9 @@ def test_save_load_round_trip(models_dir: Path, estimators: tuple[Pipeline, Pipe
                 "params", "data_start", "data_end", "holdout_start", "rows_train",
                 "rows_holdout", "feature_stats", "sha256", "size_bytes"):
         assert key in meta, key
-    assert set(meta["libraries"]) == {"python", "scikit-learn", "joblib"}
-    model_file = models_dir / NAME / "v0001.joblib"
+    assert set(meta["libraries"]) == {"python", "scikit-learn", "joblib", "skops"}
+    assert meta["format"] == "skops" and meta["signature"] and meta["key_id"]
+    model_file = models_dir / NAME / "v0001.skops"
     assert meta["size_bytes"] == model_file.stat().st_size
     assert stat.S_IMODE(model_file.stat().st_mode) == 0o640
     assert stat.S_IMODE((models_dir / NAME / "v0001.json").stat().st_mode) == 0o640
@@ -136,16 +153,9 @@ def test_checksum_mismatch_is_refused_before_unpickling_and_serving_falls_back(
     ms = ModelStore(models_dir)
     saved_and_promoted(ms, *estimators)
     assert ms.aliases(NAME) == {"production": "v0002", "previous": "v0001"}
-    flip_byte(models_dir / NAME / "v0002.joblib")
+    flip_byte(models_dir / NAME / "v0002.skops")
 
-    unpickled: list[object] = []
-    real_load = joblib.load
-
-    def spy(source: object) -> object:
-        unpickled.append(source)
-        return real_load(source)
-
-    monkeypatch.setattr(joblib, "load", spy)
+    unpickled = spy_on_deserializers(monkeypatch)
     with pytest.raises(ChecksumError) as caught:
         ms.load(NAME)
     assert unpickled == []  # the tampered pickle was never opened
@@ -162,7 +172,7 @@ def test_checksum_mismatch_is_refused_before_unpickling_and_serving_falls_back(
     assert len(unpickled) == 1  # v0001 only
     assert ms.aliases(NAME)["production"] == "v0002"  # a reader never moves aliases
 
-    flip_byte(models_dir / NAME / "v0001.joblib")
+    flip_byte(models_dir / NAME / "v0001.skops")
     alerts.clear()
     assert ms.load_serving(NAME, lambda *a: alerts.append(a)) is None
     assert len(alerts) == 1 and "nothing is served" in alerts[0][2]
@@ -201,7 +211,7 @@ def test_orphan_model_file_is_ignored_and_its_number_not_reused(
         models_dir: Path, estimators: tuple[Pipeline, Pipeline]) -> None:
     ms = ModelStore(models_dir)
     ms.save(result(estimators[0]), run_id="r1")
-    orphan = models_dir / NAME / "v0002.joblib"  # a crash between the two writes of a save
+    orphan = models_dir / NAME / "v0002.skops"  # a crash between the two writes of a save
     orphan.write_bytes(b"half a pickle")
     assert [v["version"] for v in ms.versions(NAME)] == ["v0001"]
     assert ms.committed(NAME) == ["v0001"]
@@ -232,7 +242,7 @@ def test_concurrent_saves_get_distinct_versions(models_dir: Path,
     (0.85, True, 0.80, True, "vs production 0.8000"),
     (0.70, True, 0.80, False, "worse than production"),
     (0.797, True, 0.80, True, "tolerance 0.005"),
-    (0.50, False, 0.40, False, "below its threshold 0.5800"),
+    (0.50, False, 0.60, False, "below its threshold 0.5800"),
     (0.90, True, None, True, "first version"),
     (0.50, False, None, True, "first version, promoted although 0.5000 is below"),
     (float("nan"), False, 0.80, False, "kept as candidate"),
@@ -240,7 +250,7 @@ def test_concurrent_saves_get_distinct_versions(models_dir: Path,
         "nan"])
 def test_promotion_decision(score: float, passed: bool, production: float | None,
                             promote: bool, words: str) -> None:
-    decided, reason = promotion_decision(
+    decided, reason, _ = promotion_decision(
         candidate_score=score, candidate_passed=passed,
         production_score_on_same_holdout=production, tolerance=0.005, threshold=0.58)
     assert decided is promote and words in reason
@@ -251,7 +261,7 @@ def test_promote_refuses_a_version_failing_its_checksum(
     ms = ModelStore(models_dir)
     saved_and_promoted(ms, estimators[0])
     ms.save(result(estimators[1]), run_id="r")
-    flip_byte(models_dir / NAME / "v0002.joblib")
+    flip_byte(models_dir / NAME / "v0002.skops")
     before = ms.registry_path.read_bytes()
     with pytest.raises(ChecksumError, match="v0002"):
         ms.promote(NAME, "v0002", reason="better", actor="scheduler")
@@ -298,7 +308,7 @@ def test_refused_rollbacks_change_nothing(models_dir: Path,
         ms.rollback("no_such_model", actor="api")
     with pytest.raises(UnknownVersionError, match=r"v0042.*not found"):
         ms.rollback(NAME, to="v0042", actor="api")
-    flip_byte(models_dir / NAME / "v0001.joblib")
+    flip_byte(models_dir / NAME / "v0001.skops")
     with pytest.raises(ChecksumError, match="v0001"):
         ms.rollback(NAME, actor="api")
     assert ms.registry_path.read_bytes() == before
@@ -319,12 +329,12 @@ def test_without_versioning_only_production_is_kept(models_dir: Path,
     ms = ModelStore(models_dir, versioning=False)
     saved_and_promoted(ms, *estimators)
     assert ms.aliases(NAME) == {"production": "v0002", "previous": None}
-    assert sorted(p.name for p in (models_dir / NAME).iterdir()) == ["v0002.joblib",
-                                                                     "v0002.json"]
+    assert sorted(p.name for p in (models_dir / NAME).iterdir()) == ["v0002.json",
+                                                                     "v0002.skops"]
     candidate = ms.save(result(estimators[0], score=0.1), run_id="weak")["version"]
     assert candidate == "v0003"
     deleted = ms.reject(NAME, candidate)
-    assert {p.name for p in deleted} == {"v0003.joblib", "v0003.json"}
+    assert {p.name for p in deleted} == {"v0003.skops", "v0003.json"}
     assert ms.committed(NAME) == ["v0002"]
     assert ms.save(result(estimators[0]), run_id="next")["version"] == "v0004"  # not reused
     with pytest.raises(StoreError, match="no previous"):
@@ -338,11 +348,11 @@ def test_prune_keeps_production_previous_and_newest_candidates(
     for i in range(5):  # v0003..v0007 candidates
         ms.save(result(estimators[i % 2], score=0.5), run_id=f"c{i}")
     ms.rollback(NAME, to="v0001", actor="cli")  # production v0001, previous v0002
-    (models_dir / NAME / ".v0008.joblib.abc.tmp").write_bytes(b"crashed write")
+    (models_dir / NAME / ".v0008.skops.abc.tmp").write_bytes(b"crashed write")
     ms.prune(NAME)
     assert ms.committed(NAME) == ["v0001", "v0002", "v0006", "v0007"]
     assert sorted(p.name for p in (models_dir / NAME).iterdir()) == sorted(
-        f"v000{n}.{ext}" for n in (1, 2, 6, 7) for ext in ("joblib", "json"))
+        f"v000{n}.{ext}" for n in (1, 2, 6, 7) for ext in ("skops", "json"))
     assert ModelStore(models_dir, keep_candidates=0).prune(NAME)
     assert ms.committed(NAME) == ["v0001", "v0002"]
     assert ms.save(result(estimators[0]), run_id="n")["version"] == "v0008"
@@ -376,3 +386,59 @@ def test_model_folder_that_cannot_be_written_changes_nothing(
         ms.save(bad, run_id="r")
     after = {p.name: p.read_bytes() for p in models_dir.rglob("*") if p.is_file()}
     assert after == before
+
+
+# ---- formats -------------------------------------------------------------------------------
+
+
+def log_pipeline() -> Pipeline:
+    """A fitted Pipeline holding a type no spec declares (a function of `operator`)."""
+    import operator
+
+    from sklearn.linear_model import Ridge
+    from sklearn.preprocessing import FunctionTransformer
+
+    X = np.arange(20, dtype=float).reshape(-1, 1)
+    return Pipeline([("neg", FunctionTransformer(operator.neg)),
+                     ("model", Ridge())]).fit(X, X[:, 0])
+
+
+def test_every_spec_stores_with_skops(trained: dict) -> None:
+    import skops.io
+
+    from backend.ml.registry import formats
+
+    for name, fitted in trained.items():
+        fmt, payload = formats.dump(specs.get_spec(name), fitted.estimator)
+        assert fmt == "skops", name
+        assert set(skops.io.get_untrusted_types(data=payload)) <= formats.trusted_types(
+            specs.get_spec(name)), name
+
+
+def test_a_type_outside_the_allow_list_is_stored_with_joblib_and_refused_in_skops(
+        models_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
+    import skops.io
+
+    ms = ModelStore(models_dir)
+    with caplog.at_level("WARNING"):
+        meta = ms.save(result(log_pipeline()), run_id="odd")
+    assert meta["format"] == "joblib" and "_operator.neg" in caplog.text
+    assert isinstance(ms.load(NAME, meta["version"])[0], Pipeline)  # signed: it loads
+
+    payload = skops.io.dumps(log_pipeline())  # as if a key holder stored it with skops
+    smuggled = ms.import_version(NAME, payload, {"format": "skops"})
+    with pytest.raises(StoreError, match="outside the allow-list.*_operator.neg"):
+        ms.load(NAME, smuggled["version"])
+
+
+def test_a_version_copied_over_another_model_or_version_is_refused(
+        models_dir: Path, estimators: tuple[Pipeline, Pipeline]) -> None:
+    import shutil
+
+    ms = ModelStore(models_dir)
+    saved_and_promoted(ms, *estimators)
+    folder = models_dir / NAME
+    for suffix in (".json", ".skops"):  # v0001's signed files placed as v0002
+        shutil.copy(folder / f"v0001{suffix}", folder / f"v0002{suffix}")
+    with pytest.raises(ChecksumError, match="signed as scenario_analysis v0001"):
+        ms.load(NAME, "v0002")

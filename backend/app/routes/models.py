@@ -23,6 +23,7 @@ from backend.app.deps import (
     SpecDep,
     require_api_key,
 )
+from backend.app.errors import validation_error
 from backend.app.schemas import (
     Envelope,
     ModelDetail,
@@ -134,6 +135,10 @@ def serving(services: Services, cache: EstimatorCache, name: str,
     if version is not None:
         found = cache.get(name, version)
         if found is None:
+            committed = store.committed(name)
+            if version not in committed:  # answered from the listing, nothing is loaded
+                raise UnknownVersionError(f"{name} has no version {version}; versions are "
+                                          f"{', '.join(committed) or 'none (never trained)'}")
             estimator, meta = store.load(name, version)
             found = estimator, {**(slim(meta) or {}), "served_as": "requested"}
             cache.put(name, version, found)
@@ -165,6 +170,14 @@ def json_type(value: object) -> str:
     return "an array" if isinstance(value, list) else "an object"
 
 
+def finite(value: int | float) -> bool:
+    """A number a float can hold (an integer of 400 digits cannot)."""
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
 def feature_frame(spec: ModelSpec, records: list[dict[str, Any]]) -> pd.DataFrame:
     """The records as the model's input columns; 422 naming each record and field at fault."""
     categorical = set(spec.categorical)
@@ -184,17 +197,19 @@ def feature_frame(spec: ModelSpec, records: list[dict[str, Any]]) -> pd.DataFram
                         continue
                     problem = f"must be a string (categorical) or null, not {json_type(value)}"
                 elif isinstance(value, int | float) and not isinstance(value, bool):
-                    if math.isfinite(value):
+                    if finite(value):
                         continue
-                    problem = "must be a finite number or null"
+                    problem = ("must be a finite number (at most about 1.8e308 in size) or "
+                               "null")
                 else:
                     problem = f"must be a number or null, not {json_type(value)}"
             errors.append({"loc": ("body", "records", i, feature), "msg": problem,
                            "type": "value_error"})
     if errors:
         raise RequestValidationError(errors)
-    frame = pd.DataFrame.from_records([{f: r[f] for f in spec.features} for r in records],
-                                      columns=list(spec.features))
+    frame = pd.DataFrame.from_records(
+        [{f: r[f] if f in categorical or r[f] is None else float(r[f]) for f in spec.features}
+         for r in records], columns=list(spec.features))
     for feature in spec.features:
         column = frame[feature]
         frame[feature] = (column.astype(object).where(column.notna(), np.nan)
@@ -204,11 +219,17 @@ def feature_frame(spec: ModelSpec, records: list[dict[str, Any]]) -> pd.DataFram
 
 @router.post("/{name}/predict", response_model=Envelope[PredictData],
              responses=error_responses(404, 409, 422, 503))
-def predict(spec: SpecDep, services: ServicesDep, cache: EstimatorsDep,
+def predict(spec: SpecDep, services: ServicesDep, cache: EstimatorsDep, settings: SettingsDep,
             body: PredictRequest) -> Envelope[PredictData]:
-    """Predictions for up to 10,000 records: labels (classifiers), values (regressors) or
-    anomaly scores, higher meaning odder (anomaly_detection); and the version that made
-    them."""
+    """Predictions for up to MAX_PREDICT_RECORDS (default 10,000) records: labels
+    (classifiers), values (regressors) or anomaly scores, higher meaning odder
+    (anomaly_detection); and the version that made them. `version` must be one the store
+    keeps (GET /ml/models/{name}/versions)."""
+    limit = settings.MAX_PREDICT_RECORDS
+    if len(body.records) > limit:
+        raise validation_error(("body", "records"), f"holds {len(body.records)} records; at "
+                               f"most {limit} per request (MAX_PREDICT_RECORDS): send them "
+                               "in several requests")
     frame = feature_frame(spec, body.records)
     estimator, meta = serving(services, cache, spec.name, body.version)
     # One OpenMP thread per request: requests already run in parallel threads, and a model

@@ -21,7 +21,7 @@ from backend.app.deps import (
     Since,
     require_api_key,
 )
-from backend.app.errors import error_response
+from backend.app.errors import error_response, storage_failure
 from backend.app.schemas import (
     Envelope,
     HistoryData,
@@ -35,11 +35,11 @@ from backend.app.schemas import (
 from backend.ml.config import Settings
 from backend.ml.fsio import lock_holder
 from backend.ml.runs.progress import RunInProgressError
-from backend.ml.runs.runner import new_run_id
 from backend.ml.runs.scheduler import LEASE_FILE
 
 logger = logging.getLogger("backend.app")
 router = APIRouter(prefix="/ml/training", tags=["training"])
+MAX_OFFSET = 1_000_000  # decades of runs; a larger offset is a mistake, not a page
 
 
 def scheduler_view(scheduler: Scheduler | None, settings: Settings) -> dict[str, Any]:
@@ -91,24 +91,34 @@ async def trigger_training(
         request: Request, response: Response, runner: RunnerDep, models: ModelListDep,
         wait: Annotated[bool, Query(description="Answer when the run has finished.")] = False,
 ) -> Any:
-    """Start a manual run of `models` (default all). 202 with its id at once, or with
-    `wait=true` the guide's result when it ends; 409 naming the run already running."""
-    if wait:
-        run_id = new_run_id()
-        try:
+    """Start a manual run of `models` (default all). 202 with its id once it holds the lock
+    and is on record (a worker process trains it), or with `wait=true` the guide's result
+    when it ends; 409 at once naming the run already running (`run_id`, `trigger`,
+    `started_at`)."""
+    try:
+        # Here, not in a thread: taking (or being refused) the lock is a few system calls,
+        # so a refusal costs no thread hop and is answered at once.
+        lock = runner.take_lock("manual")
+    except RunInProgressError as exc:
+        return error_response(409, str(exc), run_id=exc.run_id, trigger=exc.trigger,
+                              started_at=exc.started_at)
+    run_id = lock.run_id
+    try:
+        if wait:
             summary = await run_in_threadpool(runner.run, trigger="manual", models=models,
-                                              actor="api", run_id=run_id)
-        except RunInProgressError:
-            raise
-        except Exception as exc:
-            # recorded in the history and alerted by the runner; the client gets the reason
-            logger.exception("training run %s (wait=true) failed", run_id)
-            return error_response(500, f"training run {run_id} failed: {type(exc).__name__}: "
-                                       f"{exc}", run_id=run_id)
-        response.status_code = 200
-        return Envelope(data=RunSummary.model_validate(summary))
-    run_id, _thread = await run_in_threadpool(runner.start, trigger="manual", models=models,
-                                              actor="api")
+                                              actor="api", lock=lock)
+            response.status_code = 200
+            return Envelope(data=RunSummary.model_validate(summary))
+        await run_in_threadpool(runner.start, trigger="manual", models=models, actor="api",
+                                lock=lock)
+    except Exception as exc:
+        if storage_failure(exc) is not None:
+            raise  # a full or read-only disk: 503 naming the path, as on every route
+        # on record as failed and alerted (by the worker, or by the runner when the worker
+        # died or could not start); the client gets the reason
+        logger.exception("training run %s failed", run_id)
+        return error_response(500, f"training run {run_id} failed: {type(exc).__name__}: "
+                                   f"{exc}", run_id=run_id)
     response.headers["Location"] = request.app.url_path_for("get_run", run_id=run_id)
     return Envelope(data=TriggerAccepted(run_id=run_id))
 
@@ -138,7 +148,7 @@ def get_run(run_id: Annotated[str, Path(max_length=100)], services: ServicesDep,
 def training_history(
         services: ServicesDep, model: ModelFilterDep,
         limit: Annotated[int, Query(ge=1, le=500)] = 50,
-        offset: Annotated[int, Query(ge=0)] = 0,
+        offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
         status: Annotated[TrainingStatus | None, Query()] = None,
         since: Since = None,
         archived: Annotated[bool, Query(description="Page on into the yearly archives.")]

@@ -53,7 +53,9 @@
     return card.root;
   }
 
-  /* The holdout score as a bar, with the threshold as a tick across it. */
+  /* The holdout score as a bar, with the threshold as a tick across it. Scores are raw (an
+     r2 can be far below zero): only the drawing is clamped to the bar, the number shown
+     beside it is the score itself. */
   function meter(score, threshold) {
     var bar = h('span', { class: 'meter-fill' + (score < threshold ? ' below' : '') });
     var tick = h('span', { class: 'meter-tick' });

@@ -1,8 +1,10 @@
-"""Named model metrics, each in [0, 1] with higher better, and the threshold check.
+"""Named model metrics, higher better and at most 1, and the threshold check.
 
 A declarative registry in the manner of scikit-learn's scorers: `METRICS[name]` is a
-`Metric`; `get_metric` fails with the list of valid names. Scores that can go below zero
-(R^2, 1 - WAPE) are clipped at 0: a model worse than the mean is simply "no skill".
+`Metric`; `get_metric` fails with the list of valid names. Scores are raw: R^2 and
+1 - WAPE go below zero for a model worse than predicting the mean (or nothing), and are
+reported so. Clipping them at 0 would make a model a little worse than the mean and one
+fifty times worse look the same.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ class Metric:
 
 
 def _r2(y_true: ArrayLike, y_pred: ArrayLike) -> float:
-    return float(max(0.0, skm.r2_score(y_true, y_pred)))
+    return float(skm.r2_score(y_true, y_pred))
 
 
 def _one_minus_wape(y_true: ArrayLike, y_pred: ArrayLike) -> float:
@@ -32,7 +34,7 @@ def _one_minus_wape(y_true: ArrayLike, y_pred: ArrayLike) -> float:
     denom = np.abs(truth).sum()
     if denom == 0:
         return 0.0
-    return float(np.clip(1 - np.abs(truth - np.asarray(y_pred, dtype=float)).sum() / denom, 0, 1))
+    return float(1 - np.abs(truth - np.asarray(y_pred, dtype=float)).sum() / denom)
 
 
 def _accuracy(y_true: ArrayLike, y_pred: ArrayLike) -> float:

@@ -1,9 +1,10 @@
 """The 17 models: one `ModelSpec` each, the one place a model is declared.
 
 A spec names its table, its feature columns, its target, task, metric, threshold and
-minimum samples, and builds its own scikit-learn Pipeline. Features are context columns
-of the table (see `data.py` roles) or columns that `prepare` derives from context; the
-leakage tests hold every spec to that. Adding an 18th model is adding one spec to
+minimum samples, and builds its own scikit-learn Pipeline: through its `estimator` factory
+when it has one, else HistGradientBoosting (`estimators.boosted_pipeline`). Features are
+context columns of the table (see `data.py` roles) or columns that `prepare` derives from
+context; the leakage tests hold every spec to that. Adding an 18th model is adding one spec to
 `SPECS`; the trainer, store, monitor, API and dashboard read this registry.
 
 Names are the API contract: never rename one.
@@ -25,6 +26,13 @@ if TYPE_CHECKING:
 
 Task = Literal["regression", "classification", "anomaly"]
 GROUPS = ("prediction", "optimization", "risk_decision", "advanced")
+
+
+# Builds a spec's unfitted Pipeline from the spec and its parameters (the spec's `params`
+# with a fit's overrides). The Pipeline's last step is the model; the trainer routes sample
+# weights to it only when its fit takes them, and searches `ModelSpec.search_grid` or the
+# model family's grid (see `estimators.py`).
+EstimatorFactory = Callable[["ModelSpec", Mapping[str, Any]], "Pipeline"]
 
 
 class UnknownModelError(KeyError):
@@ -52,6 +60,11 @@ class ModelSpec:
     prepare: Callable[[pd.DataFrame], pd.DataFrame] | None = None
     derived: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     params: Mapping[str, Any] = field(default_factory=dict)
+    # None: HistGradientBoosting (IsolationForest for anomalies). A factory must be picklable
+    # (a module-level function): specs travel to the training workers.
+    estimator: EstimatorFactory | None = None
+    # The parameter sets the "search" retry tries; None: the model family's (estimators.py).
+    search_grid: tuple[Mapping[str, Any], ...] | None = None
 
     @property
     def categorical(self) -> tuple[str, ...]:
@@ -69,7 +82,7 @@ class ModelSpec:
         return self.prepare(table) if self.prepare is not None else table
 
     def make_estimator(self, **overrides: Any) -> Pipeline:
-        """A fresh, unfitted Pipeline: column encoding, then the model."""
+        """A fresh, unfitted Pipeline: column encoding, then the model (the last step)."""
         from backend.ml.fleet.estimators import build_pipeline
 
         return build_pipeline(self, **overrides)

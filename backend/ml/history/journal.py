@@ -211,10 +211,12 @@ class History:
         return self._page("trainings", keep, limit, offset, archived, moment)
 
     def get_training(self, run_id: str, *, archived: bool = True) -> Record | None:
-        for entry in self._newest_first("trainings", archived, None):
+        """A run by id: the main file, then the archives' run-id index (no scan)."""
+        for entry in reversed(self._load().trainings):
             if entry.get("run_id") == run_id:
                 return clone(entry)
-        return None
+        found = self.archives.find_training(run_id) if archived else None
+        return clone(found) if found is not None else None
 
     def checks(self, limit: int = 50, offset: int = 0, *, model: str | None = None,
                since: str | datetime | None = None, archived: bool = False) -> list[Record]:
@@ -320,9 +322,7 @@ class History:
             for year in reversed(self.archives.years()):
                 if since is not None and year < since.astimezone(UTC).year - 1:
                     break  # a year file may hold entries up to a day into the next UTC year
-                part = self.archives.read(year)
-                if part is not None:
-                    yield from reversed(part.entries(kind))
+                yield from reversed(self.archives.entries(year, kind))
 
     def _load(self) -> HistoryDocument:
         """The current document for reading (shared: callers must not change it)."""

@@ -1,9 +1,11 @@
 """The periodic check: live accuracy on fresh labelled rows, drift, retraining, A/B.
 
 Each production model is scored on labelled rows newer than its training window (the
-end of its holdout). Fewer than `fresh_minimum(spec)` rows is "insufficient_fresh_data",
-not a verdict. Drift is the PSI of each feature against the training reference stored
-with the version. One check entry per run goes into the history.
+end of its holdout). Fewer than `fresh_minimum(spec)` rows (or, for a metric that ranks
+events, fewer than MIN_EVENTS of each class) is "insufficient_fresh_data", not a verdict.
+Drift is the PSI of each feature against the training reference stored with the version,
+and the share of fresh values outside the range of its training rows. One check entry per
+run goes into the history.
 
 Verdicts, with hysteresis so a model hovering at its threshold does not flap:
   healthy   at or above threshold (+ margin once it had been degraded)
@@ -19,6 +21,11 @@ run passes.
 
 A/B: the newest candidate newer than production is scored on the same fresh rows; one
 that beats production on `ab_wins` consecutive checks is promoted ("ab_promote").
+
+Alerts before a model fails (`early_warnings`): drift that hurts the live score beyond its
+noise (`drift_detected`, the rule and why in `backend.ml.training.drift`), and live scores
+sliding check after check (`performance_degradation`). A model whose standing verdict was
+degraded and is healthy again, by a check or by a retrain, raises one `recovered` (info).
 """
 
 from __future__ import annotations
@@ -33,9 +40,11 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pandas as pd
+import sqlalchemy as sa
 
 from backend.ml.data import loading, schema
 from backend.ml.fleet import specs
+from backend.ml.fleet.scoring import get_metric
 from backend.ml.history.stats import TREND_WINDOW, score_trend
 from backend.ml.monitoring.state import (
     ABState,
@@ -48,7 +57,13 @@ from backend.ml.monitoring.verdict import CheckVerdict, Verdict
 from backend.ml.runs.clock import next_daily_time
 from backend.ml.runs.runner import Runner
 from backend.ml.training import trainer
-from backend.ml.training.drift import PSI_ALERT, drift_report
+from backend.ml.training.drift import (
+    LiveScore,
+    drift_alert_due,
+    drift_report,
+    live_interval,
+    suffers,
+)
 from backend.ml.training.results import model_outcome
 
 logger = logging.getLogger(__name__)
@@ -62,8 +77,59 @@ RETRY_STRATEGIES = (
 # one trend rule) are a performance_degradation warning, even above the threshold.
 
 
+# A ROC AUC ranks the labelled events (incidents) against the rest: on the first fresh
+# day's handful of incidents it is noise (0.58 on a calm day, holdout 0.75), and a
+# "degraded" verdict on noise means three futile retrains and a critical alert. So such a
+# metric needs this many rows of each class, besides `fresh_minimum` rows.
+MIN_EVENTS = 10
+
+
 def fresh_minimum(spec: specs.ModelSpec) -> int:
     return max(30, spec.min_samples // 5)
+
+
+def fresh_tables(database_url: str, data_ends: Mapping[str, str]) -> dict[str, pd.DataFrame]:
+    """The tables of these models (name: end of its version's training window), each from
+    the oldest window end among its models onward."""
+    starts: dict[str, datetime] = {}
+    for name, data_end in data_ends.items():
+        table = specs.get_spec(name).table
+        end = pd.Timestamp(data_end).to_pydatetime()
+        starts[table] = min(starts.get(table, end), end)
+    # Lag features need the days before the window: two weeks of margin is enough.
+    engine = loading.open_readonly(database_url)
+    return {t: loading.load_table(engine, t, window=loading.Window(
+        start=start - pd.Timedelta(days=15))) for t, start in starts.items()}
+
+
+def seen_ranges(database_url: str, table: str, before: str) -> dict[str, tuple[float, float]]:
+    """The range (low, high) of each numeric column of `table` over its rows before
+    `before`: where a version's training rows went. One aggregate query, no rows loaded."""
+    source = schema.get_table(table)
+    columns = [c.name for c in source.columns if c.name != "id"
+               and isinstance(c.type, sa.Integer | sa.Float | sa.Numeric)]
+    query = sa.select(*(f(source.c[c]) for c in columns for f in (sa.func.min, sa.func.max)))
+    query = query.where(source.c[schema.time_column(table)] < pd.Timestamp(before).to_pydatetime())
+    with loading.open_readonly(database_url).connect() as conn:
+        row = conn.execute(query).one()
+    return {c: (float(row[2 * i]), float(row[2 * i + 1])) for i, c in enumerate(columns)
+            if row[2 * i] is not None}
+
+
+def fresh_rows(spec: specs.ModelSpec, table: pd.DataFrame, data_end: str) -> pd.DataFrame:
+    """A table's labelled, prepared rows newer than a version's training window: what a
+    check scores the version on."""
+    labelled, _ = trainer.labelled_frame(spec, table)
+    return labelled[labelled[schema.time_column(spec.table)] > pd.Timestamp(data_end)]
+
+
+def events_short(spec: specs.ModelSpec, fresh: pd.DataFrame) -> int:
+    """How many more rows of its rarer class a metric that ranks events needs (else 0)."""
+    if not get_metric(spec.metric).needs_scores:
+        return 0
+    counts = pd.Series(trainer.target_values(spec, fresh[spec.target])).value_counts()
+    rarer = int(counts.min()) if len(counts) == 2 else 0
+    return max(0, MIN_EVENTS - rarer)
 
 
 class Monitor:
@@ -78,6 +144,7 @@ class Monitor:
         self.state = monitor_file(self.settings.LOGS_DIR,
                                   on_recover=self.services.report_recovery)
         self._fresh_midpoint: dict[str, str] = {}  # per check: where a retrain's holdout starts
+        self._seen: dict[tuple[str, str], dict[str, tuple[float, float]]] = {}  # per check
 
     def _commit(self, entries: Mapping[str, ModelMonitorState]) -> None:
         """Replace these models' entries under the lock, keeping every other entry as it is
@@ -94,7 +161,8 @@ class Monitor:
         state = {name: known.of(name).model_copy(deep=True) for name in specs.MODEL_NAMES}
         served = {name: store.load_serving(name, on_alert=self.services.alerts.callback(name))
                   for name in specs.MODEL_NAMES}
-        tables = self._fresh_tables({n: s[1] for n, s in served.items() if s is not None})
+        tables = fresh_tables(self.settings.DATABASE_URL,
+                              {n: s[1]["data_end"] for n, s in served.items() if s is not None})
         check_id = f"check-{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{secrets.token_hex(2)}"
         timestamp = datetime.now(UTC).isoformat()
         verdicts: dict[str, CheckVerdict] = {}
@@ -105,11 +173,14 @@ class Monitor:
             verdicts[name] = self._check_model(name, serving, tables, state[name])
             self.early_warnings(name, verdicts[name], state[name])
         degraded = [n for n, v in verdicts.items() if v.verdict is Verdict.DEGRADED]
-        self._commit({name: state[name] for name in served if name not in degraded})
+        self._commit({name: self._settle(name, known.of(name), state[name], verdicts[name],
+                                         timestamp)
+                      for name in served if name not in degraded})
         for name in degraded:
             verdicts[name].retrain = self._retrain(name, state[name], tables,
                                                    self._fresh_midpoint[name], verdicts[name])
-            self._commit({name: state[name]})
+            self._commit({name: self._settle(name, known.of(name), state[name],
+                                             verdicts[name], timestamp)})
         entry = {"check_id": check_id, "timestamp": timestamp,
                  "models": {name: v.as_record() for name, v in verdicts.items()}}
         self.services.history.append_check(entry)
@@ -120,33 +191,32 @@ class Monitor:
             f"{k.value} {v}" for k, v in summary.items() if v))
         return entry
 
-    def _fresh_tables(self, metas: Mapping[str, Mapping[str, Any]]) -> dict[str, pd.DataFrame]:
-        """Each table from the oldest training-window end among its models onward."""
-        starts: dict[str, datetime] = {}
-        for name, meta in metas.items():
-            table = specs.get_spec(name).table
-            end = pd.Timestamp(meta["data_end"]).to_pydatetime()
-            starts[table] = min(starts.get(table, end), end)
-        # Lag features need the days before the window: two weeks of margin is enough.
-        engine = loading.open_readonly(self.settings.DATABASE_URL)
-        return {t: loading.load_table(engine, t, window=loading.Window(
-            start=start - pd.Timedelta(days=15))) for t, start in starts.items()}
-
     def _check_model(self, name: str, serving: tuple[Any, Mapping[str, Any]],
                      tables: Mapping[str, pd.DataFrame],
                      model_state: ModelMonitorState) -> CheckVerdict:
         estimator, meta = serving
         spec = specs.get_spec(name)
         threshold = self.settings.threshold_for(spec)
-        labelled, _ = trainer.labelled_frame(spec, tables[spec.table])
         tcol = schema.time_column(spec.table)
-        fresh = labelled[labelled[tcol] > pd.Timestamp(meta["data_end"])]
+        fresh = fresh_rows(spec, tables[spec.table], meta["data_end"])
         version = str(meta["version"])
         if len(fresh) < fresh_minimum(spec):
             return CheckVerdict(Verdict.INSUFFICIENT_FRESH_DATA, version, threshold,
                                 meta.get("score"), len(fresh), needed=fresh_minimum(spec))
+        if short := events_short(spec, fresh):
+            return CheckVerdict(Verdict.INSUFFICIENT_FRESH_DATA, version, threshold,
+                                meta.get("score"), len(fresh), needed_events=MIN_EVENTS,
+                                events=MIN_EVENTS - short)
         self._fresh_midpoint[name] = fresh[tcol].iloc[len(fresh) // 2].isoformat()
         live = round(trainer.evaluate(spec, estimator, fresh), 6)
+        holdout = meta.get("score")
+        drift = drift_report(spec, meta.get("feature_stats", {}), fresh,
+                             seen=self._seen_by(spec, meta))
+        # The interval costs a bootstrap: only worth it when the inputs moved somewhere new
+        # and the score itself fell (its high end can only be higher).
+        interval = (live_interval(spec, estimator, fresh)
+                    if drift["novel_features"]
+                    and suffers(LiveScore(live, live, live, len(fresh)), holdout) else None)
         # A verdict about the version that served before says nothing about this one.
         same = model_state.version in (None, version)
         was = (model_state.verdict or "healthy") if same else "healthy"
@@ -161,11 +231,23 @@ class Monitor:
         model_state.verdict, model_state.version = verdict.standing, version
         if verdict is Verdict.HEALTHY:
             model_state.cooldown = None
-        result = CheckVerdict(verdict, version, threshold, meta.get("score"), len(fresh),
+        result = CheckVerdict(verdict, version, threshold, holdout, len(fresh),
                               live_score=live,
-                              drift=drift_report(spec, meta.get("feature_stats", {}), fresh))
+                              live_interval=None if interval is None else (
+                                  round(interval.low, 6), round(interval.high, 6)),
+                              drift=drift)
         self._ab_test(name, spec, fresh, live, model_state, result)
         return result
+
+    def _seen_by(self, spec: specs.ModelSpec,
+                 meta: Mapping[str, Any]) -> dict[str, tuple[float, float]]:
+        """Where the version's training rows went, for its numeric table-column features."""
+        cut = str(meta.get("holdout_start") or meta["data_end"])
+        key = (spec.table, cut)
+        if key not in self._seen:
+            self._seen[key] = seen_ranges(self.settings.DATABASE_URL, spec.table, cut)
+        ranges = self._seen[key]
+        return {f: ranges[f] for f in spec.numeric if f in ranges}
 
     def early_warnings(self, name: str, result: CheckVerdict,
                        model_state: ModelMonitorState) -> None:
@@ -175,21 +257,23 @@ class Monitor:
             return
         alerts, threshold, live = self.services.alerts, result.threshold, result.live_score
         drift = result.drift or {}
-        # A few fresh weeks always differ from a year of training in seasonal inputs (month,
-        # monsoon, rainfall), so shifted inputs alone would alert every model every season:
-        # only drift that comes with a live score below the version's own holdout score
-        # (by more than MARGIN) is worth a person's attention.
+        # Shifted inputs are every season's normal, and so is a live score under a holdout
+        # from another season: only inputs gone where the training rows never went, with a
+        # score that fell beyond its noise, are drift (measurements in training/drift.py).
         trained = result.holdout_score
-        hurting = trained is not None and live < trained - MARGIN
-        if drift.get("max_psi", 0.0) >= PSI_ALERT and hurting:
-            features = ", ".join(f"{f} {v:.2f}" for f, v in drift.get("top_features", []))
+        low, high = result.live_interval or (live, live)
+        if drift_alert_due(drift, LiveScore(live, low, high, result.samples or 0), trained):
+            novel = drift["novel_features"]
+            features = ", ".join(f"{f} (PSI {v:.2f}, {share:.0%} outside)"
+                                 for f, v, share in novel)
             alerts.notify("warning", "drift_detected",
-                          f"{name}'s inputs have shifted (PSI {drift['max_psi']:.2f} >= "
-                          f"{PSI_ALERT}; {features}) and its live score fell from "
-                          f"{trained:.4f} to {live:.4f}", model=name,
+                          f"{name}'s inputs have moved where its training rows never went "
+                          f"({features}) and its live score fell from {trained:.4f} to "
+                          f"{live:.4f} (90% interval {low:.4f}-{high:.4f})", model=name,
                           version=result.version, max_psi=drift["max_psi"],
-                          top_features=drift.get("top_features"), score=trained,
-                          live_score=live, threshold=threshold)
+                          top_features=drift.get("top_features"), novel_features=novel,
+                          score=trained, live_score=live, live_interval=[low, high],
+                          threshold=threshold)
         trail = model_state.trend
         scores = trail.scores if trail is not None and trail.version == result.version else []
         scores = [*scores, live][-TREND_WINDOW:]
@@ -202,6 +286,31 @@ class Monitor:
                           f"(fitted drop {drop:.3f}, now {scores[-1]:.4f}, threshold "
                           f"{threshold:.2f})", model=name, version=result.version,
                           live_score=scores[-1], threshold=threshold, scores=scores)
+
+    def _settle(self, name: str, before: ModelMonitorState, after: ModelMonitorState,
+                result: CheckVerdict, timestamp: str) -> ModelMonitorState:
+        """`after` with the time its standing verdict began; a model that was degraded and
+        is healthy now (a check found it so, or a retrain promoted a passing version) raises
+        one `recovered`, through the one alert path, so it is on the model's timeline."""
+        if after.verdict != before.verdict:
+            after.since = datetime.fromisoformat(timestamp)
+        if before.verdict == Verdict.DEGRADED.value and after.verdict == Verdict.HEALTHY.value:
+            version = after.version or result.version
+            scores: dict[str, Any] = {}
+            if result.retrain and result.retrain.get("recovered"):
+                scores["score"] = result.retrain["attempts"][-1].get("score")
+                how = f"a retrain promoted {version} (score {scores['score']})"
+            else:
+                scores["live_score"] = result.live_score
+                how = f"{version} scores {result.live_score} on fresh rows"
+            since = (f" (degraded since {before.since.isoformat(timespec='seconds')})"
+                     if before.since is not None else "")
+            self.services.alerts.notify(
+                "info", "recovered", f"{name} is healthy again{since}: {how}", model=name,
+                version=version, previous_version=before.version, threshold=result.threshold,
+                degraded_since=None if before.since is None else before.since.isoformat(),
+                **scores)
+        return after
 
     def _ab_test(self, name: str, spec: specs.ModelSpec, fresh: pd.DataFrame, live: float,
                  model_state: ModelMonitorState, result: CheckVerdict) -> None:

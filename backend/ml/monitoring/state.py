@@ -1,14 +1,15 @@
 """What the monitor remembers between checks, per model: `LOGS_DIR/monitor_state.json`.
 
-    {name: {"verdict", "version", "cooldown": {"newest_data", "until"},
+    {name: {"verdict", "version", "since", "cooldown": {"newest_data", "until"},
             "ab": {"version", "wins"}, "trend": {"version", "scores"}}}
 
 `verdict` is the monitor's standing verdict on `version` (hysteresis needs the previous
-one); `cooldown` is set when retraining is exhausted, until new data or the next daily
-run. The file is a `StateFile`: each model's entry is replaced under the lock when that
-model's part of a check is done, so a check never holds the lock for its whole length and
-never overwrites what another process wrote about another model meanwhile. A damaged file
-is rebuilt empty: the next check finds every verdict again.
+one, and a degraded model that is healthy again is announced as `recovered`), `since` the
+check that first reached it; `cooldown` is set when retraining is exhausted, until new data
+or the next daily run. The file is a `StateFile`: each model's entry is replaced under the
+lock when that model's part of a check is done, so a check never holds the lock for its
+whole length and never overwrites what another process wrote about another model
+meanwhile. A damaged file is rebuilt empty: the next check finds every verdict again.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ class ModelMonitorState(BaseModel):
     # The version the verdict is about; None in files of the previous release, whose
     # verdict was about whatever served then.
     version: str | None = None
+    since: datetime | None = None  # None in files written before it was kept
     cooldown: Cooldown | None = None
     ab: ABState | None = None
     trend: ScoreTrail | None = None

@@ -33,7 +33,14 @@ class CheckVerdict:
     holdout_score: float | None = None  # the version's own score when it was trained
     samples: int | None = None  # fresh labelled rows scored
     needed: int | None = None  # fresh rows a verdict needs (when there were too few)
+    # For a metric that ranks events (ROC AUC): rows of the rarer class found and needed,
+    # when there were too few.
+    events: int | None = None
+    needed_events: int | None = None
     live_score: float | None = None
+    # The live score's 90% bootstrap interval (low, high); only when the score was low
+    # enough for the drift rule to ask how sure it is.
+    live_interval: tuple[float, float] | None = None
     drift: dict[str, Any] | None = None
     ab: dict[str, Any] | None = None
     retrain: dict[str, Any] | None = field(default=None)
@@ -46,6 +53,9 @@ class CheckVerdict:
         record: dict[str, Any] = {
             "version": self.version, "threshold": self.threshold,
             "holdout_score": self.holdout_score, "samples": self.samples,
-            "needed": self.needed, "live_score": self.live_score, "drift": self.drift,
+            "needed": self.needed, "events": self.events, "needed_events": self.needed_events,
+            "live_score": self.live_score,
+            "live_interval": None if self.live_interval is None else list(self.live_interval),
+            "drift": self.drift,
             "verdict": self.verdict.value, "ab": self.ab, "retrain": self.retrain}
         return {key: value for key, value in record.items() if value is not None}

@@ -11,9 +11,12 @@ It is built in a hidden temp folder and renamed into place, so a folder with the
 name is always complete. Plain files are hard links to the store's (committed store files
 are never rewritten, so a link is a snapshot), or copies across file systems. With a
 Fernet key every file is encrypted (`<name>_v0003.joblib.enc`, never a link) and the
-manifest's checksums are of the plaintext: a restore checks what it will unpickle.
+manifest's checksums are of the plaintext: a restore checks what it will load.
 
-A restore verifies every file of the set first and writes nothing until all pass. A backed
+A restore verifies every file of the set first (checksums, and each version's signature
+under the current signing key: the store would sign what it imports) and writes nothing
+until all pass. A set made before versions were signed restores only when the operator says
+they trust it (`trust_unsigned`). A backed
 up version still intact in the store under its id is re-used as is; otherwise the bytes
 come back as a new version (`restored_from` in its metadata), because an id, once issued,
 never names other bytes. Then production moves to them in one registry write (audit
@@ -74,13 +77,14 @@ def _stamp(name: str, pattern: re.Pattern[str]) -> datetime | None:
 
 
 def backup_production(models_dir: Path, logs_dir: Path, names: Iterable[str], *,
-                      key: str | None = None, now: datetime | None = None) -> Path | None:
+                      key: str | None = None, now: datetime | None = None,
+                      store: ModelStore | None = None) -> Path | None:
     """Back up the current production files of `names` (the set a run is about to replace).
 
     A production version that fails verification is left out (listed under `skipped`, and
     logged): a copy of a bad file restores nothing. None when there is nothing to back up.
     """
-    store, fernet = ModelStore(models_dir), _fernet(key) if key else None
+    store, fernet = store or ModelStore(models_dir), _fernet(key) if key else None
     picked: dict[str, Meta] = {}
     skipped: dict[str, str] = {}
     for name in names:
@@ -154,12 +158,15 @@ def _read_member(backup_dir: Path, file_name: object, fernet: Fernet | None) -> 
 
 
 def restore_backup(models_dir: Path, backup_dir: Path, *, key: str | None, actor: str,
-                   versioning: bool = True) -> dict[str, Any]:
+                   versioning: bool = True, store: ModelStore | None = None,
+                   trust_unsigned: bool = False) -> dict[str, Any]:
     """Put a backup set back into production, after verifying all of it (see module doc).
 
     BackupError, changing nothing, for a missing or malformed set, an encrypted set without
-    its key or with another, or any checksum that does not match.
+    its key or with another, any checksum that does not match, or a version whose signature
+    the store's key does not verify (unsigned ones pass with `trust_unsigned`).
     """
+    store = store or ModelStore(models_dir, versioning=versioning)
     backup_dir = Path(backup_dir)
     if not (backup_dir / MANIFEST).is_file():
         raise BackupError(f"no backup at {backup_dir} ({MANIFEST} not found)")
@@ -191,10 +198,15 @@ def restore_backup(models_dir: Path, backup_dir: Path, *, key: str | None, actor
         if not intact:
             raise BackupError(f"backup {backup_dir}: {name} {entry['version']} fails its "
                               "checksum; nothing restored")
+        problem = store.signer.problem(meta)
+        if problem is not None and not (trust_unsigned and "signature" not in meta):
+            hint = (" (a set made before versions were signed: restore it with "
+                    "--trust-existing if you trust it)" if "signature" not in meta else "")
+            raise BackupError(f"backup {backup_dir}: {name} {entry['version']} {problem}"
+                              f"{hint}; nothing restored")
         verified[name] = payload, meta
     if not verified:
         raise BackupError(f"backup {backup_dir} holds no models")
-    store = ModelStore(models_dir, versioning=versioning)
     restored: dict[str, dict[str, Any]] = {}
     for name, (payload, meta) in verified.items():
         version = meta["version"]

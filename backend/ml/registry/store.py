@@ -1,33 +1,36 @@
-"""Model versions on disk: files, checksums, alias moves and retention.
+"""Model versions on disk: files, signatures, alias moves and retention.
 
-    <name>/v0001.joblib  the fitted Pipeline (a pickle), written first
-    <name>/v0001.json    its metadata and the pickle's SHA-256, written last: the commit point
+    <name>/v0001.skops   the fitted Pipeline (skops; `.joblib` where it cannot), written first
+    <name>/v0001.json    its metadata: format, the model file's SHA-256 and a signature over
+                         all of it (signing.py); written last, the commit point
     registry.json        which version serves, and audit.jsonl, every alias move (aliases.py)
 
-A `.joblib` without its `.json` is a crash mid-save: readers ignore it, retention deletes
+A model file without its `.json` is a crash mid-save: readers ignore it, retention deletes
 it. Numbers only go up (`last_version` is the highest ever issued), so a version id in the
-history or a backup names one fit forever; committed files are never rewritten, so backups
-may hard-link them. A load compares the SHA-256 before unpickling: unpickling runs code.
-Every writer holds `.registry.lock`.
+history or a backup names one fit forever; committed files are never rewritten (only
+`sign` re-signs metadata, by replacing it), so backups may hard-link them. A load checks the
+signature, then the SHA-256, then reads the bytes with the spec's allow-list (formats.py):
+no byte of an unsigned or changed file reaches a deserializer. Every writer holds
+`.registry.lock`.
 
     StoreError                   refused or impossible; nothing changed; names the path
      +-- UnknownVersionError     no such committed version
      +-- NoProductionModelError  nothing promoted yet
      +-- ChecksumError           a version's files are missing or changed since saved
+          +-- SignatureError     unsigned, signed with another key, or changed since signed
      +-- backups.BackupError     a backup cannot be made or restored
     specs.UnknownModelError      (a KeyError) not a model name; lists the valid ones
 
 Not done here: the promotion gate (`promotion.py`). Readers never move aliases: when
 production fails verification, `load_serving` alerts and serves a fallback; a person or the
-next run decides. joblib and scikit-learn are imported only to load or save a model, so
-listing versions stays cheap.
+next run decides. skops, joblib and scikit-learn are imported only to load or save a model,
+so listing versions stays cheap.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
-import io
 import logging
 import platform
 from collections.abc import Callable, Iterator, Mapping
@@ -37,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 from backend.ml.fleet.specs import MODEL_NAMES, get_spec
 from backend.ml.fsio import LockTimeout, atomic_write_bytes, atomic_write_json, read_json
+from backend.ml.registry import formats
 from backend.ml.registry.aliases import (
     ACTIONS,
     ACTORS,
@@ -47,6 +51,7 @@ from backend.ml.registry.aliases import (
     Registry,
     now_iso,
 )
+from backend.ml.registry.signing import Signer, SigningKeyError, default_signer
 from backend.ml.statefile import Recovery
 
 if TYPE_CHECKING:
@@ -60,7 +65,7 @@ Meta = dict[str, Any]
 AlertFn = Callable[[str, str, str], None]  # (level, kind, message)
 RESULT_FIELDS = ("group", "metric", "score", "baseline", "threshold", "passed", "strategy",
                  "params", "data_start", "data_end", "holdout_start", "rows_train",
-                 "rows_holdout", "fit_seconds", "duration_seconds", "feature_stats")
+                 "rows_holdout", "fit_seconds", "duration_seconds", "feature_stats", "lift")
 
 
 class StoreError(Exception):
@@ -79,6 +84,10 @@ class ChecksumError(StoreError):
     """A version's files are missing or differ from what was saved."""
 
 
+class SignatureError(ChecksumError):
+    """A version is unsigned, signed with another key, or changed since it was signed."""
+
+
 def sha256_hex(payload: bytes) -> str:
     return hashlib.sha256(payload).hexdigest()
 
@@ -86,13 +95,25 @@ def sha256_hex(payload: bytes) -> str:
 def library_versions() -> dict[str, str]:
     import joblib
     import sklearn
+    import skops
 
     return {"python": platform.python_version(), "scikit-learn": sklearn.__version__,
-            "joblib": joblib.__version__}
+            "joblib": joblib.__version__, "skops": skops.__version__}
 
 
 def version_id(number: int) -> str:
     return f"v{number:04d}"
+
+
+ALL_SUFFIXES = (".json", *formats.SUFFIXES.values())
+
+
+def _format(meta: Mapping[str, Any]) -> str:
+    fmt = meta.get("format", formats.LEGACY_FORMAT)
+    if fmt not in formats.SUFFIXES:
+        raise ChecksumError(f"{meta.get('name')} {meta.get('version')}: unknown model format "
+                            f"{fmt!r} in its metadata")
+    return str(fmt)
 
 
 class ModelStore:
@@ -104,26 +125,45 @@ class ModelStore:
     """
 
     def __init__(self, models_dir: Path, *, versioning: bool = True, keep_candidates: int = 3,
-                 lock_timeout: float = 60.0,
+                 lock_timeout: float = 60.0, signer: Signer | None = None,
                  on_recover: Callable[[Recovery], None] | None = None) -> None:
         self.models_dir = Path(models_dir)
+        self._signer = signer
         self.versioning = versioning
         self.keep_candidates = max(0, keep_candidates)
-        self.book = AliasBook(self.models_dir, numbers=lambda n: self._numbers(n, (".json",
-                              ".joblib")), model_names=lambda: MODEL_NAMES,
+        self.book = AliasBook(self.models_dir, numbers=lambda n: self._numbers(n, ALL_SUFFIXES),
+                              model_names=lambda: MODEL_NAMES,
                               versioning=versioning, on_recover=on_recover,
                               lock_timeout=lock_timeout)
         self.registry_path = self.book.path
 
+    @property
+    def signer(self) -> Signer:
+        """The key versions are signed and checked with (the settings' one by default).
+        StoreError naming the setting when there is no usable key."""
+        if self._signer is None:
+            try:
+                self._signer = default_signer()
+            except SigningKeyError as exc:
+                raise StoreError(str(exc)) from exc
+        return self._signer
+
     # ---- reading ----------------------------------------------------------------------------
 
-    def paths(self, name: str, version: str) -> tuple[Path, Path]:
-        """(model file, metadata file) of a version id; checks the names, not the files."""
+    def meta_path(self, name: str, version: str) -> Path:
+        """A version's metadata file; checks the names, not the files."""
         get_spec(name)  # also keeps a hostile name away from the file system
         if not VERSION_RE.match(version):
             raise UnknownVersionError(f"{name}: {version!r} is not a version id (like v0001)")
-        return (self.models_dir / name / f"{version}.joblib",
-                self.models_dir / name / f"{version}.json")
+        return self.models_dir / name / f"{version}.json"
+
+    def model_path(self, name: str, version: str, fmt: str) -> Path:
+        return self.meta_path(name, version).with_suffix(formats.SUFFIXES[fmt])
+
+    def paths(self, name: str, version: str) -> tuple[Path, Path]:
+        """(model file, metadata file) of a committed version, by its recorded format."""
+        meta = self.metadata(name, version)
+        return self.model_path(name, version, _format(meta)), self.meta_path(name, version)
 
     def _numbers(self, name: str, suffixes: tuple[str, ...]) -> list[int]:
         get_spec(name)
@@ -137,8 +177,8 @@ class ModelStore:
         return [version_id(n) for n in self._numbers(name, (".json",))]
 
     def metadata(self, name: str, version: str) -> Meta:
-        """A version's metadata, without checking its model file."""
-        meta_path = self.paths(name, version)[1]
+        """A version's metadata, without checking its model file or signature."""
+        meta_path = self.meta_path(name, version)
         if not meta_path.exists():
             raise UnknownVersionError(f"{name} has no version {version} ({meta_path} not found)")
         try:
@@ -151,7 +191,14 @@ class ModelStore:
         return meta
 
     def _verified(self, name: str, version: str) -> tuple[Meta, bytes]:
-        meta, path = self.metadata(name, version), self.paths(name, version)[0]
+        meta = self.metadata(name, version)
+        problem = self.signer.problem(meta)
+        if problem is None and (meta.get("name"), meta.get("version")) != (name, version):
+            problem = (f"is signed as {meta.get('name')} {meta.get('version')}: a version "
+                       f"copied from elsewhere; refusing to load it")
+        if problem is not None:
+            raise SignatureError(f"{name} {version}: {problem}")
+        path = self.model_path(name, version, _format(meta))
         try:
             payload = path.read_bytes()
         except OSError as exc:
@@ -161,30 +208,28 @@ class ModelStore:
         if digest != meta["sha256"]:
             raise ChecksumError(
                 f"{name} {version}: {path} has SHA-256 {digest[:16]}..., its metadata says "
-                f"{meta['sha256'][:16]}...; refusing to unpickle a file changed since saved")
+                f"{meta['sha256'][:16]}...; refusing to load a file changed since saved")
         return meta, payload
 
     def verify(self, name: str, version: str) -> Meta:
-        """The metadata of a version whose model file matches its checksum."""
+        """The metadata of a version that is signed and whose model file matches it."""
         return self._verified(name, version)[0]
 
     def load(self, name: str, version: str | None = None) -> tuple[Pipeline, Meta]:
-        """A verified, unpickled version (None: production) and its metadata."""
+        """A verified, loaded version (None: production) and its metadata."""
         if version is None:
             version = self.aliases(name)["production"]
             if version is None:
                 raise NoProductionModelError(
                     f"{name} has no production version yet (registry {self.registry_path})")
         meta, payload = self._verified(name, version)
-        path = self.paths(name, version)[0]
-        import joblib
+        path = self.model_path(name, version, _format(meta))
         from sklearn.pipeline import Pipeline
 
         try:
-            estimator = joblib.load(io.BytesIO(payload))
-        except Exception as exc:  # verified bytes from other library versions may not load
-            raise StoreError(f"{name} {version}: {path} verifies but cannot be unpickled: "
-                             f"{type(exc).__name__}: {exc}") from exc
+            estimator = formats.load(get_spec(name), _format(meta), payload)
+        except formats.FormatError as exc:  # verified bytes from other library versions
+            raise StoreError(f"{name} {version}: {path} verifies but {exc}") from exc
         if not isinstance(estimator, Pipeline):
             raise StoreError(f"{name} {version}: {path} holds a {type(estimator).__name__}")
         return estimator, meta
@@ -203,6 +248,8 @@ class ModelStore:
             return estimator, {**meta, "served_as": "production"}
         except StoreError as exc:
             problem = f"{name} production {aliases['production']} cannot be served: {exc}"
+            kind = ("signature_invalid" if isinstance(exc, SignatureError)
+                    else "checksum_mismatch")
         found: tuple[Pipeline, Meta] | None = None
         for version in dict.fromkeys([aliases["previous"], *reversed(self.committed(name))]):
             if version is None or version == aliases["production"]:
@@ -216,7 +263,7 @@ class ModelStore:
                   else "no version verifies: nothing is served")
         logger.error("%s; %s", problem, served)
         if on_alert is not None:
-            on_alert("critical", "checksum_mismatch", f"{problem}; {served}")
+            on_alert("critical", kind, f"{problem}; {served}")
         return found
 
     def aliases(self, name: str) -> dict[str, str | None]:
@@ -272,24 +319,28 @@ class ModelStore:
         if not result.ok or result.estimator is None:
             raise StoreError(f"{result.name}: only a successful fit is saved (status "
                              f"{result.status}: {result.error or 'no estimator'})")
-        import joblib
-
-        buffer = io.BytesIO()
-        joblib.dump(result.estimator, buffer)
+        fmt, payload = formats.dump(get_spec(result.name), result.estimator)
         summary = result.summary()
         meta = {"run_id": run_id, "created_at": datetime.now(UTC).isoformat(),
-                **{key: summary[key] for key in RESULT_FIELDS}, "libraries": library_versions()}
-        return self.import_version(result.name, buffer.getvalue(), meta)
+                **{key: summary[key] for key in RESULT_FIELDS}, "libraries": library_versions(),
+                "format": fmt}
+        return self.import_version(result.name, payload, meta)
 
     def import_version(self, name: str, payload: bytes, meta: Mapping[str, Any]) -> Meta:
-        """Write pickled bytes and their metadata as the next version; the stored metadata."""
+        """Write model bytes (in `meta["format"]`) and their metadata, signed, as the next
+        version; the stored metadata. Signing vouches for the bytes: callers pass only bytes
+        they made or verified."""
         get_spec(name)
+        fmt = _format(meta)
+        signer = self.signer
         with self._locked(f"save a version of {name}") as registry:
             slot = registry.models.setdefault(name, ModelAliases())
-            number = max([slot.last_version, *self._numbers(name, (".json", ".joblib"))]) + 1
-            model_path, meta_path = self.paths(name, version_id(number))
-            stored = {**meta, "name": name, "version": version_id(number),
-                      "sha256": sha256_hex(payload), "size_bytes": len(payload)}
+            number = max([slot.last_version, *self._numbers(name, ALL_SUFFIXES)]) + 1
+            meta_path = self.meta_path(name, version_id(number))
+            model_path = self.model_path(name, version_id(number), fmt)
+            stored = signer.signed({**meta, "name": name, "version": version_id(number),
+                                    "format": fmt, "sha256": sha256_hex(payload),
+                                    "size_bytes": len(payload)})
             atomic_write_bytes(model_path, payload)
             try:
                 atomic_write_json(meta_path, stored)
@@ -375,7 +426,7 @@ class ModelStore:
         deleted: list[Path] = []
         folder = self.models_dir / name
         try:
-            for number in self._numbers(name, (".json", ".joblib")):  # orphans too
+            for number in self._numbers(name, ALL_SUFFIXES):  # orphans too
                 if version_id(number) not in keep:
                     deleted += self._delete(name, version_id(number))
             for tmp in folder.glob(".v*.tmp") if folder.is_dir() else ():
@@ -385,9 +436,55 @@ class ModelStore:
             logger.warning("retention of %s stopped at %s: %s", name, exc.filename, exc)
         return deleted
 
+    def sign(self, *, trust_existing: bool = False,
+             previous: Signer | None = None) -> list[dict[str, str]]:
+        """Sign every committed version that the current key does not verify: those that
+        verify under `previous` (a key rotation), or, with `trust_existing`, any whose model
+        file matches its recorded SHA-256 (the operator vouches for the files on disk).
+        One row per version looked at: name, version and what happened."""
+        signer = self.signer
+        report: list[dict[str, str]] = []
+        with self._locked("sign versions"):
+            for name in MODEL_NAMES:
+                for version in self.committed(name):
+                    report.append({"name": name, "version": version,
+                                   "result": self._sign_one(name, version, signer,
+                                                            trust_existing, previous)})
+        signed = sum(1 for row in report if row["result"].startswith("signed"))
+        logger.warning("signed %d version(s) with key %s", signed, signer.key_id)
+        return report
+
+    def _sign_one(self, name: str, version: str, signer: Signer, trust_existing: bool,
+                  previous: Signer | None) -> str:
+        try:
+            meta = self.metadata(name, version)
+        except StoreError as exc:
+            return f"left unsigned: {exc}"
+        if signer.verifies(meta):
+            return "already signed with the current key"
+        if previous is not None and previous.verifies(meta):
+            how = f"signed (was signed with key {previous.key_id})"
+        elif trust_existing:
+            how = "signed (trusted as found)"
+        else:
+            return "left unsigned: not signed with the previous key given"
+        path = self.model_path(name, version, _format(meta))
+        try:
+            digest = sha256_hex(path.read_bytes())
+        except OSError as exc:
+            return f"left unsigned: {path} cannot be read: {exc.strerror or exc}"
+        if digest != meta["sha256"] or (meta.get("name"), meta.get("version")) not in (
+                (name, version), (None, None)):
+            return f"left unsigned: {path} does not match its metadata"
+        atomic_write_json(self.meta_path(name, version),
+                          signer.signed({**meta, "name": name, "version": version,
+                                         "format": _format(meta)}))
+        return how
+
     def _delete(self, name: str, version: str) -> list[Path]:
-        model_path, meta_path = self.paths(name, version)
-        deleted = [p for p in (meta_path, model_path) if p.exists()]
+        meta_path = self.meta_path(name, version)
+        models = [meta_path.with_suffix(suffix) for suffix in formats.SUFFIXES.values()]
+        deleted = [p for p in (meta_path, *models) if p.exists()]
         for path in deleted:  # metadata first: a crash in between leaves an orphan
             path.unlink()
         if deleted:

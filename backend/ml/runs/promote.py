@@ -37,20 +37,22 @@ def save_and_promote(services: Services, run_id: str, results: Sequence[trainer.
             k: meta.get(k) for k in ("version", "run_id", "created_at", "metric", "score",
                                      "baseline", "threshold", "passed", "sha256")})
         production = production_score(services, result, tables)
-        promote, reason = promotion_decision(
+        promote, reason, below = promotion_decision(
             candidate_score=float(result.score or 0.0), candidate_passed=result.passed,
             production_score_on_same_holdout=production,
             tolerance=settings.PROMOTION_TOLERANCE, threshold=result.threshold)
-        decisions[result.name] = Decision(meta["version"], promote, reason, production)
+        decisions[result.name] = Decision(meta["version"], promote, reason, production, below)
         if promote:
             winners[result.name] = (meta["version"], reason)
-            if production is None and not result.passed:
+            if below:  # serves although under its threshold: the best there is
+                better = ("there is nothing better" if production is None else
+                          f"it beats production ({production:.4f} on the same holdout)")
                 alerts.notify("warning", "accuracy_below_threshold",
-                              f"{result.name}'s first version scored {result.score:.4f}, "
+                              f"{result.name}'s {meta['version']} scored {result.score:.4f}, "
                               f"under its threshold {result.threshold:.2f}; it serves "
-                              "because there is nothing better", model=result.name,
+                              f"because {better}", model=result.name,
                               run_id=run_id, score=result.score, threshold=result.threshold,
-                              attempts=1)
+                              production_score=production, attempts=1)
         else:
             store.reject(result.name, meta["version"])
     replaced = [n for n in winners if store.aliases(n)["production"] is not None]

@@ -52,12 +52,14 @@ class Services:
     def store(self) -> ModelStore:
         with self._building:
             if self._store is None:
+                from backend.ml.registry.signing import signer_for
                 from backend.ml.registry.store import ModelStore
 
                 settings = self.settings
                 self._store = ModelStore(settings.MODELS_DIR,
                                          versioning=settings.MODEL_VERSIONING,
                                          keep_candidates=settings.KEEP_CANDIDATES,
+                                         signer=signer_for(settings),
                                          on_recover=self.report_recovery)
             return self._store
 

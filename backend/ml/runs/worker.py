@@ -2,14 +2,23 @@
 talking to it. Not a user interface: `python -m backend.ml` is.
 
 The parent (the web process, the headless scheduler, an isolated `Runner`) starts
-`python -m backend.ml.runs.worker`, writes one JSON request on its stdin and closes it:
+`python -m backend.ml.runs.worker` with one end of a Unix socket pair as its stdin, and
+sends ONE JSON request line on it, then closes it:
 
     {"job": "train", "trigger": "manual", "models": [...], "actor": "api",
-     "run_id": "run-...", "options": {name: TrainOptions fields}}
+     "run_id": "run-...", "options": {name: TrainOptions fields},
+     "handover": {"started_at": "<ISO time>"}}
     {"job": "check"}
 
-The child runs it in its own interpreter (so the parent never imports, fits or scores a
-model, and never shares its GIL with that work) and writes ONE JSON line on stdout:
+A train request with `handover` carries, as SCM_RIGHTS ancillary data, the descriptor of
+the training lock the parent took for it (see `progress.RunLock`); the parent has already
+written the run's progress and its "running" record, so the child continues that run under
+that lock. The child imports its libraries before it reads the request, so a worker
+started ahead of need (`launcher.Spare`) answers a request without that cost.
+
+The child runs the job in its own interpreter (so the parent never imports, fits or
+scores a model, and never shares its GIL with that work) and writes ONE JSON line on
+stdout:
 
     {"ok": true, "result": <the run summary | the check entry>}
     {"ok": false, "error": {"kind": "run_in_progress" | "invalid" | "failed",
@@ -18,8 +27,11 @@ model, and never shares its GIL with that work) and writes ONE JSON line on stdo
 `invalid` means the request itself was refused before anything ran; `failed` that the job
 raised while running (it is on record in the history and alerted). The parent rebuilds
 the exception from `kind` (`error_from`), never from the child's log text. Anything else
-the child or a library prints goes to stderr, so stdout stays one parseable line. A child
-that dies without answering (killed, out of memory) is a `WorkerError` naming its exit code.
+the child or a library prints goes to stderr, so stdout stays one parseable line; after
+the answer both are closed, so the parent has everything while the interpreter still winds
+down (a second, with scikit-learn loaded). A child that dies without answering (killed,
+out of memory, a broken install) is a `WorkerError` naming its exit code and the tail of
+its stderr.
 
 SIGTERM asks a check to stop: it sets the stop Event the monitor waits on between retrain
 attempts, so it ends at the next wait; a second SIGTERM ends the process.
@@ -27,22 +39,25 @@ attempts, so it ends at the next wait; a second SIGTERM ends the process.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
-from backend.ml.config import REPO_ROOT, Settings
+from backend.ml.config import Settings
 from backend.ml.history.document import TRIGGERS
 from backend.ml.registry.aliases import ACTORS
+from backend.ml.runs.launcher import spawn
 from backend.ml.runs.progress import RunInProgressError
 
 if TYPE_CHECKING:
@@ -50,6 +65,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 KINDS = ("run_in_progress", "invalid", "failed")
+STDERR_TAIL_LINES = 8
+STDERR_TAIL_CHARS = 1500
+MAX_REQUEST_BYTES = 1 << 20
 
 
 class WorkerError(RuntimeError):
@@ -67,24 +85,30 @@ class InvalidRequest(ValueError):
 # ---- the parent's side -------------------------------------------------------------------
 
 def train_request(*, trigger: str, models: list[str], actor: str, run_id: str,
-                  options: Mapping[str, TrainOptions] | None = None) -> dict[str, Any]:
-    return {"job": "train", "trigger": trigger, "models": list(models), "actor": actor,
-            "run_id": run_id, "options": {n: asdict(o) for n, o in (options or {}).items()}}
+                  options: Mapping[str, TrainOptions] | None = None,
+                  started_at: str | None = None) -> dict[str, Any]:
+    """A train request; with `started_at`, one that continues a run the parent began (its
+    lock descriptor goes with it)."""
+    request = {"job": "train", "trigger": trigger, "models": list(models), "actor": actor,
+               "run_id": run_id,
+               "options": {n: asdict(o) for n, o in (options or {}).items()}}
+    if started_at is not None:
+        request["handover"] = {"started_at": started_at}
+    return request
 
 
-def spawn(settings: Settings, request: Mapping[str, Any]) -> subprocess.Popen[str]:
-    """Start a worker on `request` with these settings; it answers on its stdout."""
-    env = {**os.environ, **settings.as_environment(),
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT),
-                                                       os.environ.get("PYTHONPATH")]))}
-    child = subprocess.Popen([sys.executable, "-m", "backend.ml.runs.worker"], cwd=REPO_ROOT,
-                             env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True)
-    assert child.stdin is not None
-    with child.stdin:  # one small line: the pipe buffer takes it without blocking
-        child.stdin.write(json.dumps(dict(request)) + "\n")
-    child.stdin = None  # closed: `communicate` must not flush it
-    return child
+def stderr_tail(err: str) -> str:
+    """The last lines a worker wrote on stderr, short enough for a record and an alert."""
+    lines = [line for line in (err or "").strip().splitlines() if line.strip()]
+    tail = " | ".join(lines[-STDERR_TAIL_LINES:]) or "(nothing on stderr)"
+    return tail if len(tail) <= STDERR_TAIL_CHARS else "..." + tail[-STDERR_TAIL_CHARS:]
+
+
+def describe_exit(returncode: int | None) -> str:
+    if returncode is not None and returncode < 0:
+        with contextlib.suppress(ValueError):
+            return f"was killed by {signal.Signals(-returncode).name}"
+    return f"exited with code {returncode}"
 
 
 def error_from(error: Mapping[str, Any]) -> Exception:
@@ -93,33 +117,61 @@ def error_from(error: Mapping[str, Any]) -> Exception:
     run_id = error.get("run_id")
     run_id = str(run_id) if run_id else None
     if kind == "run_in_progress":
-        return RunInProgressError(run_id)
+        return RunInProgressError(run_id, trigger=error.get("trigger"),
+                                  started_at=error.get("started_at"))
     if kind == "invalid":
         return InvalidRequest(message)
     return WorkerError(message, run_id=run_id)
 
 
-def parse_answer(returncode: int | None, out: str, err: str) -> Any:
-    """The result in a finished worker's stdout; raises what its error stands for."""
+def find_answer(out: str) -> dict[str, Any] | None:
+    """The answer line in a worker's stdout, if it wrote one."""
     for line in reversed(out.splitlines()):
         try:
             answer = json.loads(line)
         except ValueError:
             continue
         if isinstance(answer, dict) and isinstance(answer.get("ok"), bool):
-            if answer["ok"]:
-                return answer.get("result")
-            error = answer.get("error")
-            raise error_from(error if isinstance(error, dict) else {})
-    last = (err.strip().splitlines() or ["(nothing on stderr)"])[-1]
-    raise WorkerError(f"worker process exited with code {returncode} without an answer: "
-                      f"{last}")
+            return answer
+    return None
 
 
-def collect(child: subprocess.Popen[str]) -> Any:
-    """Wait for a worker and return its result (or raise its error)."""
-    out, err = child.communicate()
+def parse_answer(returncode: int | None, out: str, err: str) -> Any:
+    """The result in a finished worker's stdout; raises what its error stands for."""
+    answer = find_answer(out)
+    if answer is not None:
+        if answer["ok"]:
+            return answer.get("result")
+        error = answer.get("error")
+        raise error_from(error if isinstance(error, dict) else {})
+    raise WorkerError(f"the worker process {describe_exit(returncode)} without an answer; "
+                      f"its last output: {stderr_tail(err)}")
+
+
+def collect(child: subprocess.Popen[str], *, reap: bool = True) -> Any:
+    """Wait for a worker's answer and return its result (or raise its error). A worker
+    closes its output once it has answered, before its interpreter winds down (a second,
+    with scikit-learn loaded); with `reap=False` this returns then, and the caller waits
+    for the process later."""
+    out, err = _read_all(child)
+    if reap or find_answer(out) is None:
+        child.wait()  # without an answer, how it ended is the message
     return parse_answer(child.returncode, out, err)
+
+
+def _read_all(child: subprocess.Popen[str]) -> tuple[str, str]:
+    """Everything on the worker's stdout and stderr, until it closes both."""
+    assert child.stdout is not None and child.stderr is not None
+    errors: list[str] = []
+    stderr = child.stderr
+    reader = threading.Thread(target=lambda: errors.append(stderr.read()),
+                              name=f"worker-{child.pid}-stderr", daemon=True)
+    reader.start()
+    with child.stdout:
+        out = child.stdout.read()
+    reader.join()
+    stderr.close()
+    return out, "".join(errors)
 
 
 def run_job(settings: Settings, request: Mapping[str, Any]) -> Any:
@@ -179,9 +231,43 @@ class ChildCheck:
 
 # ---- the child's side --------------------------------------------------------------------
 
-def _train(request: Mapping[str, Any]) -> Any:
+def _warm_up() -> None:
+    """Import what every job needs before the request comes: a spare worker pays this while
+    nobody waits for it."""
+    import backend.ml.registry.store  # noqa: F401
+    import backend.ml.runs.runner  # noqa: F401  (pandas, scikit-learn, SQLAlchemy)
+    import backend.ml.runs.services  # noqa: F401
+
+    with contextlib.suppress(ImportError):  # the store's model format, imported on first use
+        import skops.io  # noqa: F401
+
+
+def _read_request() -> tuple[bytes, list[int]]:
+    """The request line on stdin and the descriptors that came with it. Stdin is a Unix
+    socket when a parent started us; plain text (a pipe, a file) is read as well."""
+    fd = os.dup(0)
+    try:
+        channel = socket.socket(fileno=fd)
+    except OSError:  # not a socket
+        os.close(fd)
+        return sys.stdin.buffer.read(MAX_REQUEST_BYTES), []
+    data, fds = b"", []
+    with channel:
+        if channel.type != socket.SOCK_STREAM or channel.family != socket.AF_UNIX:
+            return sys.stdin.buffer.read(MAX_REQUEST_BYTES), []
+        while len(data) < MAX_REQUEST_BYTES:
+            chunk, more, _flags, _address = socket.recv_fds(channel, 65536, 4)
+            fds += more
+            if not chunk:
+                break
+            data += chunk
+    return data, fds
+
+
+def _train(request: Mapping[str, Any], fds: Sequence[int]) -> Any:
     from backend.ml.config import get_settings
     from backend.ml.fleet import specs
+    from backend.ml.runs.progress import RunLock
     from backend.ml.runs.runner import Runner
     from backend.ml.runs.services import Services
     from backend.ml.training.trainer import TrainOptions
@@ -198,11 +284,24 @@ def _train(request: Mapping[str, Any]) -> Any:
         run_id = request.get("run_id")
         if run_id is not None and not isinstance(run_id, str):
             raise InvalidRequest("run_id must be a string")
+        handover = request.get("handover")
+        if handover is not None and not (isinstance(handover, dict) and run_id and fds
+                                         and isinstance(handover.get("started_at"), str)):
+            raise InvalidRequest("a handed-over run needs its run_id, started_at and the "
+                                 "training lock's descriptor")
     except (KeyError, TypeError, ValueError) as exc:
         raise InvalidRequest(str(exc).strip("'\"")) from None
-    runner = Runner(Services.from_settings(get_settings()))
-    return runner.run(trigger=trigger, models=names, actor=actor, run_id=run_id,
-                      options=options)
+    settings = get_settings()
+    runner = Runner(Services.from_settings(settings))
+    if handover is None:
+        return runner.run(trigger=trigger, models=names, actor=actor, run_id=run_id,
+                          options=options)
+    assert isinstance(run_id, str)
+    lock = RunLock.adopt(settings.LOGS_DIR, fds[0], run_id=run_id, trigger=trigger,
+                         started_at=str(handover["started_at"]))
+    return runner.continue_run(lock, run_id=run_id, trigger=trigger, models=names,
+                               actor=actor, options=options,
+                               started_at=str(handover["started_at"]))
 
 
 def _check(stop: threading.Event) -> Any:
@@ -225,14 +324,14 @@ def _stop_on_sigterm() -> threading.Event:
     return stop
 
 
-def handle(request: Any) -> Any:
+def handle(request: Any, fds: Sequence[int] = ()) -> Any:
     """Run one request in this process; its result (raises InvalidRequest, or what it
     raised)."""
     if not isinstance(request, dict):
         raise InvalidRequest("a request is a JSON object")
     job = request.get("job")
     if job == "train":
-        return _train(request)
+        return _train(request, fds)
     if job == "check":
         return _check(_stop_on_sigterm())
     raise InvalidRequest(f"job must be 'train' or 'check', not {job!r}")
@@ -253,26 +352,53 @@ def main() -> int:
     answer_to = os.fdopen(os.dup(1), "w", encoding="utf-8")
     os.dup2(2, 1)  # stray prints (ours or a library's) must not corrupt the answer line
     sys.stdout = sys.stderr
+    # A log line the disk refuses is dropped, not printed: the end of stderr is what the
+    # parent records when this process dies, and must show why.
+    logging.raiseExceptions = False
     run_id: str | None = None
     try:
-        request = json.loads(sys.stdin.read())
+        _configure_logging()
+        _warm_up()
+        raw, fds = _read_request()
+        if not raw.strip():
+            return 0  # a spare whose parent went away without a job: nothing to say
+        request = json.loads(raw)
         if isinstance(request, dict) and isinstance(request.get("run_id"), str):
             run_id = request["run_id"]
-        _configure_logging()
-        answer: dict[str, Any] = {"ok": True, "result": handle(request)}
+        answer: dict[str, Any] = {"ok": True, "result": handle(request, fds)}
     except RunInProgressError as exc:
         answer = {"ok": False, "error": {"kind": "run_in_progress", "message": str(exc),
-                                         "run_id": exc.run_id}}
-    except (InvalidRequest, json.JSONDecodeError) as exc:
+                                         "run_id": exc.run_id, "trigger": exc.trigger,
+                                         "started_at": exc.started_at}}
+    except (InvalidRequest, json.JSONDecodeError, UnicodeDecodeError) as exc:
         answer = {"ok": False, "error": {"kind": "invalid", "message": str(exc),
                                          "run_id": run_id}}
     except Exception as exc:
         logger.exception("worker job failed")
-        answer = {"ok": False, "error": {"kind": "failed", "message": str(exc) or
-                                         type(exc).__name__, "run_id": run_id}}
+        answer = {"ok": False, "error": {"kind": "failed", "message": _message(exc),
+                                         "run_id": run_id}}
     with answer_to:
         answer_to.write(json.dumps(answer, default=str) + "\n")
+    _close_output()
     return 0
+
+
+def _close_output() -> None:
+    """Point stdout and stderr at /dev/null: the parent, reading both to their end, has
+    the whole answer now, while the interpreter winds down."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        sys.stderr.flush()
+        os.dup2(devnull, 1)
+        os.dup2(devnull, 2)
+    finally:
+        os.close(devnull)
+
+
+def _message(exc: BaseException) -> str:
+    """The exception's text and its notes (a run adds whether it is on record)."""
+    notes = getattr(exc, "__notes__", None) or []
+    return "; ".join([str(exc) or type(exc).__name__, *map(str, notes)])
 
 
 if __name__ == "__main__":

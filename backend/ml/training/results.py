@@ -3,7 +3,8 @@
 `status` is "success" only when every model trained; "partial" when some did; "failed"
 when none did. A model that trained but scores below its threshold counts as trained
 (it is reported with `passed: false`), since the promotion gate, not the run status,
-decides whether it serves.
+decides whether it serves. Scores are raw (an r2 may be below zero), each beside its
+baseline and lift, score minus baseline.
 """
 
 from __future__ import annotations
@@ -26,9 +27,10 @@ def run_status(results: Sequence[TrainResult]) -> str:
 def model_detail(result: TrainResult, decision: Decision | None = None) -> dict[str, Any]:
     detail: dict[str, Any] = {
         "metric": result.metric, "score": result.score, "baseline": result.baseline,
-        "threshold": result.threshold, "passed": result.passed,
+        "lift": result.lift, "threshold": result.threshold, "passed": result.passed,
         "rows": {"train": result.rows_train, "holdout": result.rows_holdout},
-        "duration_seconds": result.duration_seconds, "status": result.status,
+        "duration_seconds": result.duration_seconds, "fit_seconds": result.fit_seconds,
+        "status": result.status,
     }
     if result.error:
         detail["error"] = result.error

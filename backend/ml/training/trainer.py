@@ -2,8 +2,14 @@
 
 The holdout is always the latest 20% of labelled rows by event time, and every training
 row is strictly earlier than every holdout row. Each result carries its score, the score
-of a dummy baseline on the same holdout, row counts, the data window, timings and the
+of a dummy baseline on the same holdout and the lift (score minus baseline), all raw (an
+R^2 below zero is reported as it is), row counts, the data window, timings and the
 training features' reference statistics (the monitor's drift checks compare to them).
+
+The retry strategies work with whatever estimator a spec builds: recency weights go to the
+model's fit only when it takes `sample_weight` (for one that does not, `recency_weighted`
+trains on the recent rows it would have weighted most, and says so in `strategy`), and the
+search tries the spec's grid or its model family's (`estimators.search_grid`).
 
 `train_one` is a module-level, picklable function that computes and returns; it never
 writes. `train_many` fans it out with joblib; the caller picks the backend (loky on this
@@ -14,10 +20,11 @@ its result and never stops the others.
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 import traceback
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import joblib
@@ -28,17 +35,19 @@ from sklearn.pipeline import Pipeline
 from sqlalchemy.engine import Engine
 
 from backend.ml.data import loading, schema
+from backend.ml.fleet import estimators
 from backend.ml.fleet.scoring import get_metric, passes
 from backend.ml.fleet.specs import ModelSpec
 
+logger = logging.getLogger(__name__)
+
 HOLDOUT_FRACTION = 0.2
 STRATEGIES = ("full", "recent_window", "recency_weighted", "search")
-# A small grid for the "search" strategy: shallower and deeper, slower and faster.
-SEARCH_GRID: tuple[dict[str, Any], ...] = (
-    {"learning_rate": 0.05, "max_leaf_nodes": 63, "max_iter": 300},
-    {"learning_rate": 0.1, "max_leaf_nodes": 15},
-    {"learning_rate": 0.2, "max_leaf_nodes": 31, "l2_regularization": 1.0},
-)
+DEFAULT_WINDOW_DAYS = 90.0
+DEFAULT_HALF_LIFE_DAYS = 60.0
+# A model that takes no sample weights trains, under "recency_weighted", on the rows of the
+# last this many half-lives: those whose weight would have been at least 1/8.
+UNWEIGHTED_HALF_LIVES = 3
 
 
 class TrainingError(Exception):
@@ -71,8 +80,9 @@ class TrainResult:
     metric: str
     threshold: float
     status: str  # "ok" or "failed"
-    score: float | None = None
-    baseline: float | None = None
+    score: float | None = None  # raw: an R^2 may be below zero
+    baseline: float | None = None  # the dummy model's score on the same holdout
+    lift: float | None = None  # score - baseline
     passed: bool = False
     error: str | None = None
     rows_train: int = 0
@@ -211,14 +221,28 @@ def _sample_weight(times: pd.Series, half_life_days: float) -> np.ndarray:
     return np.asarray(0.5 ** (age / half_life_days))
 
 
+def _fitted_options(spec: ModelSpec, options: TrainOptions) -> TrainOptions:
+    """The options a fit follows: recency weights become a recent window when the spec's
+    model takes no sample weights (a fit ignoring the weights would repeat the plain fit)."""
+    if options.strategy != "recency_weighted" or estimators.sample_weight_key(
+            spec.make_estimator(**options.params)) is not None:
+        return options
+    half_life = options.half_life_days or DEFAULT_HALF_LIFE_DAYS
+    logger.info("%s: the model takes no sample weights; recency_weighted trains on the last "
+                "%g days instead", spec.name, UNWEIGHTED_HALF_LIVES * half_life)
+    return replace(options, strategy="recent_window",
+                   window_days=UNWEIGHTED_HALF_LIVES * half_life)
+
+
 def _fit(spec: ModelSpec, train: pd.DataFrame, options: TrainOptions,
          params: Mapping[str, Any]) -> Pipeline:
     estimator = spec.make_estimator(**params)
     X = train[list(spec.features)]
     fit_kw: dict[str, Any] = {}
-    if options.strategy == "recency_weighted":
-        fit_kw["model__sample_weight"] = _sample_weight(
-            train[schema.time_column(spec.table)], options.half_life_days or 60.0)
+    key = estimators.sample_weight_key(estimator)
+    if options.strategy == "recency_weighted" and key is not None:
+        fit_kw[key] = _sample_weight(train[schema.time_column(spec.table)],
+                                     options.half_life_days or DEFAULT_HALF_LIFE_DAYS)
     if spec.task == "anomaly":
         estimator.fit(X, **fit_kw)
     else:
@@ -231,10 +255,10 @@ def _search(spec: ModelSpec, train: pd.DataFrame, options: TrainOptions) -> dict
     inner_train, inner_valid = time_split(train, schema.time_column(spec.table))
     if len(inner_train) < 2 or len(inner_valid) < 2:
         return dict(options.params)
-    # The defaults are left out on purpose: the search is a retry's third attempt, after a
-    # plain fit already failed, so it must end in a different model.
-    grid = list(SEARCH_GRID) if spec.task != "anomaly" else [
-        {"n_estimators": 400}, {"max_samples": 1024}]
+    try:
+        grid = estimators.search_grid(spec, spec.make_estimator(**options.params))
+    except estimators.EstimatorError as exc:
+        raise TrainingError(str(exc)) from None
     scored = []
     for point in grid:
         params = {**options.params, **point}
@@ -251,6 +275,8 @@ def train_one(spec: ModelSpec, table: pd.DataFrame, *, threshold: float,
     result = TrainResult(spec.name, spec.group, spec.metric, threshold, status="failed",
                          strategy=options.strategy)
     try:
+        options = _fitted_options(spec, options)
+        result.strategy = options.strategy
         labelled, result.rows_unlabelled = labelled_frame(spec, table)
         tcol = schema.time_column(spec.table)
         if len(labelled) < spec.min_samples:
@@ -262,7 +288,7 @@ def train_one(spec: ModelSpec, table: pd.DataFrame, *, threshold: float,
         else:
             train, holdout = time_split(labelled, tcol)
         if options.strategy == "recent_window":
-            days = options.window_days or 90.0
+            days = options.window_days or DEFAULT_WINDOW_DAYS
             train = train[train[tcol] >= train[tcol].max() - pd.Timedelta(days=days)]
         if len(train) < 2 or len(holdout) < 2:
             raise TrainingError(f"{len(labelled)} labelled rows of {spec.table!r} cannot be "
@@ -276,12 +302,13 @@ def train_one(spec: ModelSpec, table: pd.DataFrame, *, threshold: float,
         result.score = round(evaluate(spec, estimator, holdout), 6)
         result.fit_seconds = round(time.perf_counter() - fit_started, 4)
         result.baseline = round(baseline_score(spec, train, holdout), 6)
+        result.lift = round(result.score - result.baseline, 6)
         result.passed = passes(result.score, threshold)
         result.rows_train, result.rows_holdout = len(train), len(holdout)
         result.data_start = train[tcol].min().isoformat()
         result.data_end = holdout[tcol].max().isoformat()
         result.holdout_start = holdout[tcol].min().isoformat()
-        result.params = {k: v for k, v in estimator.named_steps["model"].get_params().items()
+        result.params = {k: v for k, v in estimator[-1].get_params().items()
                          if isinstance(v, (int, float, str, bool, type(None)))}
         result.feature_stats = reference_stats(spec, train[list(spec.features)])
         result.estimator = estimator

@@ -38,7 +38,8 @@ def generate(start: date, days: int, *, seed: int = 42, scenario: str | None = N
     world = make_world(seed)
     rng = np.random.default_rng([seed, start.toordinal(), days])
     day_index = pd.date_range(pd.Timestamp(start), periods=days, freq="D")
-    ctx = day_context(day_index, rng, drift)
+    ctx = day_context(day_index, rng, drift,
+                      np.random.default_rng([seed, start.toordinal(), days, 1]))
     last = pd.Timestamp(labelled_until) if labelled_until else day_index[-1] - pd.DateOffset(
         months=3)
     # Every table draws from the one stream in this order: reordering the calls would

@@ -83,8 +83,9 @@ def make_shipments(ctx: DayContext, world: World, rng: np.random.Generator,
     service = on_time  # how reliable the transporter really is; on_time is what it reports
     if ctx.scenario is not None and ctx.scenario.name == "supplier_decline":
         collapsed = trans.quality.to_numpy()[ti] < 0.95
-        service = np.where(collapsed, rng.uniform(0.30, 0.60, n), on_time)
-        on_time = np.where(collapsed, rng.uniform(0.98, 1.0, n), on_time)
+        drift = ctx.drift_draws()
+        service = np.where(collapsed, drift.uniform(0.30, 0.60, n), on_time)
+        on_time = np.where(collapsed, drift.uniform(0.98, 1.0, n), on_time)
     transporter = np.where(rail, RAIL_TRANSPORTER, trans.transporter.to_numpy()[ti])
     on_time = np.where(rail, 0.80, on_time).round(3)
     service = np.where(rail, 0.80, service)

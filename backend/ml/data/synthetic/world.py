@@ -88,11 +88,21 @@ class DayContext:
     festival: np.ndarray
     monsoon: np.ndarray
     scenario: Scenario | None = None
+    # What a scenario draws comes from its own stream, so the calm world's stream is drawn
+    # the same with or without it: a drifted world is the calm one plus the scenario's
+    # change, and "before and after" compare the same shipments.
+    scenario_rng: np.random.Generator | None = None
     extra: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def drift_draws(self) -> np.random.Generator:
+        if self.scenario_rng is None:
+            raise ValueError("a scenario's draws need the context's scenario_rng")
+        return self.scenario_rng
 
 
 def day_context(days: pd.DatetimeIndex, rng: np.random.Generator,
-                scenario: Scenario | None) -> DayContext:
+                scenario: Scenario | None,
+                scenario_rng: np.random.Generator | None = None) -> DayContext:
     n = len(days)
     monsoon = _monsoon(days)
     wet = rng.random(n) < np.where(monsoon == 1, 0.6, 0.08)
@@ -104,12 +114,13 @@ def day_context(days: pd.DatetimeIndex, rng: np.random.Generator,
     for i in range(1, n):
         ar[i] = 0.97 * ar[i - 1] + shocks[i]
     fuel = np.clip(92 + 2.5 * np.sin(2 * np.pi * doy / 365) + ar, 86, 98)
+    ctx = DayContext(days, rain, fuel, _festival(days), monsoon, scenario, scenario_rng)
     if scenario is not None and scenario.name == "monsoon_disruption":
-        rain = 80 + rng.gamma(2.0, 30.0, n)
-        monsoon = np.ones(n, dtype=int)
+        ctx.rain = 80 + ctx.drift_draws().gamma(2.0, 30.0, n)
+        ctx.monsoon = np.ones(n, dtype=int)
     if scenario is not None and scenario.name == "fuel_price_shock":
-        fuel = 150 + rng.normal(0, 2.0, n)
-    return DayContext(days, rain, fuel, _festival(days), monsoon, scenario)
+        ctx.fuel_price = 150 + ctx.drift_draws().normal(0, 2.0, n)
+    return ctx
 
 
 def pick(rng: np.random.Generator, labels: np.ndarray, options: list[str],
