@@ -59,6 +59,7 @@ def key_file(root: Path) -> Path:
     path = root / "model_signing.key"
     if not path.exists():
         path.write_text(secrets.token_hex(32))
+        path.chmod(0o600)
     return path
 
 

@@ -140,7 +140,8 @@ def model_filter(model: Annotated[str | None, Query(
 
 
 def model_list(models: Annotated[str | None, Query(
-        description="Comma-separated model names; default: all 17.", max_length=2000,
+        description=f"Comma-separated model names; default: all {len(MODEL_NAMES)}.",
+        max_length=2000,
         json_schema_extra={"pattern": MODELS_LIST_PATTERN})] = None) -> list[str] | None:
     if models is None:
         return None

@@ -31,7 +31,9 @@ from backend.app.routes.dashboard import STATIC_DIR
 from backend.app.schemas import error_responses
 from backend.ml.config import Settings, describe_invalid, get_settings
 from backend.ml.data.loading import describe_url
+from backend.ml.fleet.specs import SPECS
 from backend.ml.logsetup import configure_logging
+from backend.ml.registry.store import StoreError
 from backend.ml.runs.runner import Runner
 from backend.ml.runs.scheduler import TrainingScheduler
 from backend.ml.runs.services import Services
@@ -100,6 +102,13 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     no_delay_on_inherited_listeners()
     services = Services.from_settings(settings)
     services.check_state_files()  # damage is recovered and alerted now, not mid-request
+    try:  # the key is made on the first start (and its path logged), not at the first save
+        signer = services.store.signer
+    except StoreError as exc:
+        logger.critical("%s", exc)
+        raise
+    logger.info("model versions are signed and checked with key %s (%s)", signer.key_id,
+                signer.source)
     runner = Runner(services, isolated=True)  # training never shares our GIL
     interrupted = runner.recover_interrupted()
     if interrupted:
@@ -136,7 +145,8 @@ def create_app() -> FastAPI:
     """A new application (tests build one each, with their own overrides)."""
     responses: dict[int | str, dict[str, Any]] = error_responses(500)
     app = FastAPI(title="ML Automated Training Scheduler", version=VERSION,
-                  description="Keeps 17 logistics models fresh: nightly training, hourly "
+                  description=f"Keeps {len(SPECS)} logistics models fresh: nightly "
+                              "training, hourly "
                               "checks, versions, rollback. Every answer is an envelope: "
                               '`{"status": "success", "data": ...}` or `{"status": "error", '
                               '"error": {"code", "message"}}`.',

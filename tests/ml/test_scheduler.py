@@ -261,3 +261,15 @@ def test_a_check_runs_in_a_worker_process_and_answers_in_json(small_db: str,
     assert {m["verdict"] for m in entry["models"].values()} == {"no_model"}
     assert Services.from_settings(settings).history.checks(limit=1)[0]["check_id"] == (
         entry["check_id"])
+
+
+def test_a_run_is_full_when_it_covered_the_specs_of_its_day() -> None:
+    from backend.ml.fleet import specs
+    from backend.ml.runs.scheduler import covered_every_model
+
+    every = len(specs.SPECS)
+    assert covered_every_model({"models_trained": every - 1, "unchanged": []})  # fewer specs then
+    assert not covered_every_model({"models_trained": 1, "unchanged": [],
+                                    "models": ["delay_prediction"]})
+    assert covered_every_model({"models_trained": every})  # a previous release's full run
+    assert not covered_every_model({"models_trained": every - 1})

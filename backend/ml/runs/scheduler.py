@@ -44,6 +44,16 @@ LEASE_FILE = "scheduler.lease"
 FULL_RUN_TRIGGERS = ("daily", "catch-up", "manual")
 
 
+def covered_every_model(record: dict[str, Any]) -> bool:
+    """Whether a run covered every spec that existed when it ran. A run of some models names
+    them (`models`); a record without that list is a full run when it is of this format
+    (it has `unchanged`) or, from an older release, trained as many models as there are
+    specs now."""
+    if "models" in record:
+        return False
+    return "unchanged" in record or record.get("models_trained") == len(specs.SPECS)
+
+
 class TrainingScheduler:
     def __init__(self, runner: Runner, *, check: Callable[[], object] | None = None,
                  lease_retry_seconds: float = 5.0, max_sleep_seconds: float = 30.0) -> None:
@@ -207,11 +217,10 @@ class TrainingScheduler:
         """Run once now if the latest scheduled daily run was missed; whether it ran."""
         missed_since = previous_daily_time(datetime.now(UTC), self.settings.DAILY_TRAINING_TIME,
                                            self.tz)
-        full = len(specs.SPECS)
         recent = self.runner.services.history.trainings(limit=50)
         for record in recent:
             stamp = record.get("timestamp")
-            if (record.get("trigger") in FULL_RUN_TRIGGERS and record.get("models_trained") == full
+            if (record.get("trigger") in FULL_RUN_TRIGGERS and covered_every_model(record)
                     and record.get("status") in ("success", "partial") and stamp
                     and datetime.fromisoformat(stamp).astimezone(UTC) >= missed_since):
                 return False
