@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from typing import Any, Generic, Literal, TypeVar, get_args
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from backend.ml.history import STATUSES
+from backend.ml.history import STATUSES, models_in
 
 T = TypeVar("T")
 VERSION_PATTERN = r"^v[0-9]{4,9}$"
@@ -144,12 +144,28 @@ class RunSummary(Open):
     run_id: str
     trigger: str
     promoted: list[str]
+    unchanged: list[str] = Field(default_factory=list, description=(
+        "Models whose data and parameters are production's: not fitted, no new version."))
 
 
 class TrainingRecord(Open):
     run_id: str | None = None
     timestamp: str | None = None
     status: str | None = None
+    models: list[str] | None = Field(None, description=(
+        "The models the run covered, every one for a full run (an older record without "
+        "the list: those in its `model_details`)."))
+    unchanged: list[str] = Field(default_factory=list, description=(
+        "Models not fitted again: their data and parameters are those of their production "
+        "version, which stands (no new version, no backup)."))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _covered(cls, data: Any) -> Any:
+        if isinstance(data, dict) and not isinstance(data.get("models"), list):
+            named = sorted(models_in({"model_details": data.get("model_details")}))
+            data = {**data, "models": named or None}
+        return data
 
 
 class RunDetail(TrainingRecord):

@@ -27,6 +27,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from backend.ml.config import Settings, describe_invalid, get_settings
+from backend.ml.fleet.specs import MODEL_NAMES
 
 EXIT_FAILED_RUN = 1
 EXIT_USAGE = 2
@@ -76,6 +77,11 @@ def _log_to_service_log(settings: Settings) -> None:
         _deferred_warnings.append(f"warning: not logging to {settings.LOGS_DIR}: {exc}")
 
 
+def _bar(done: int, total: int, width: int = 20) -> str:
+    filled = width * done // max(total, 1)
+    return "[" + "#" * filled + "-" * (width - filled) + "]"
+
+
 def _progress_printer(total: int, *, stream: Any = sys.stderr) -> Callable[[Any], None]:
     """A per-model progress bar on a terminal; plain lines when piped."""
     done = 0
@@ -84,16 +90,48 @@ def _progress_printer(total: int, *, stream: Any = sys.stderr) -> Callable[[Any]
     def report(result: Any) -> None:
         nonlocal done
         done += 1
-        width = 20
-        bar = "#" * (width * done // total) + "-" * (width - width * done // total)
-        score = "failed" if not result.ok else f"{result.metric}={result.score:.3f}"
-        flag = "" if result.passed else "  BELOW THRESHOLD" if result.ok else \
-            f"  ({result.error})"
-        stream.write(f"[{bar}] {done:2d}/{total} {result.name:<24} {score}{flag} "
+        if result.unchanged:
+            score, flag = "unchanged", "  (same data and parameters as production)"
+        else:
+            score = "failed" if not result.ok else f"{result.metric}={result.score:.3f}"
+            flag = "" if result.passed else "  BELOW THRESHOLD" if result.ok else \
+                f"  ({result.error})"
+        stream.write(f"{_bar(done, total)} {done:2d}/{total} {result.name:<24} {score}{flag} "
                      f"({time.perf_counter() - started:.1f}s)\n")
         stream.flush()
 
     return report
+
+
+class _CheckPrinter:
+    """A check's progress on stderr: a bar line per model checked, one per retrain attempt,
+    and a backoff wait counting down in place on a terminal (one line when piped)."""
+
+    def __init__(self, stream: Any = sys.stderr) -> None:
+        self.stream = stream
+        self.live = stream.isatty()
+        self.waiting: tuple[str, int] | None = None  # the wait on show
+
+    def __call__(self, step: Any) -> None:
+        if step.kind == "waiting":
+            key = (step.model, step.attempt)
+            if self.live:
+                self.stream.write(f"\r{step.line()}\x1b[K")
+            elif key != self.waiting:
+                self.stream.write(step.line() + "\n")
+            self.waiting = key
+        else:
+            self.close()
+            bar = f"{_bar(step.done, step.total)} " if step.kind == "checked" else "  "
+            self.stream.write(bar + step.line() + "\n")
+        self.stream.flush()
+
+    def close(self) -> None:
+        """End a countdown line left on show."""
+        if self.waiting is not None and self.live:
+            self.stream.write("\n")
+            self.stream.flush()
+        self.waiting = None
 
 
 def cmd_init_db(args: argparse.Namespace, settings: Settings) -> int:
@@ -137,6 +175,16 @@ def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
+    from backend.ml.data import ingest, loading
+
+    engine = loading.writable_engine(settings.DATABASE_URL)
+    done = ingest.ingest(engine, args.table, Path(args.file))
+    print(f"appended {done.rows:,} row(s) to {done.table}"
+          f"{' (table created)' if done.created else ''}: {done.first} to {done.last}")
+    return 0
+
+
 def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     from backend.ml.fleet import specs
     from backend.ml.runs.runner import Runner
@@ -154,7 +202,9 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
         print(f"{summary['status']}: {summary['successful_models']}/{summary['models_trained']}"
               f" models trained in {summary['duration_seconds']:.1f}s, "
               f"average score {summary['avg_accuracy']}; run {summary['run_id']}; "
-              f"promoted: {', '.join(summary['promoted']) or 'none'}")
+              f"promoted: {', '.join(summary['promoted']) or 'none'}"
+              + (f"; unchanged: {', '.join(summary['unchanged'])}"
+                 if summary.get("unchanged") else ""))
     return 0 if summary["status"] == "success" else EXIT_FAILED_RUN
 
 
@@ -236,6 +286,10 @@ def cmd_backups(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_history(args: argparse.Namespace, settings: Settings) -> int:
+    """Recent runs, newest first; a run of some of the models names them, and a model left
+    unchanged (same data and parameters as production) is named too."""
+    from backend.ml.fleet.specs import MODEL_NAMES
+    from backend.ml.history.document import models_in
     from backend.ml.runs.services import Services
 
     history = Services.from_settings(settings).history
@@ -247,9 +301,14 @@ def cmd_history(args: argparse.Namespace, settings: Settings) -> int:
         def field(key: str, record: dict[str, Any] = r) -> str:
             value = record.get(key)
             return "-" if value is None else str(value)
+        covered = r.get("models") if isinstance(r.get("models"), list) else sorted(models_in(r))
+        some = f"  models: {', '.join(map(str, covered))}" if covered and set(
+            covered) != set(MODEL_NAMES) else ""
+        unchanged = r.get("unchanged") if isinstance(r.get("unchanged"), list) else []
+        same = f"  unchanged: {', '.join(map(str, unchanged))}" if unchanged else ""
         print(f"{field('timestamp')[:19]:<20} {field('run_id'):<32} {field('trigger'):<9}"
               f"{field('status'):<12}{field('successful_models'):>3}/"
-              f"{field('models_trained'):<3} avg {field('avg_accuracy')}")
+              f"{field('models_trained'):<3} avg {field('avg_accuracy')}{some}{same}")
     stats = history.stats()
     print(f"{stats.get('total_trainings', 0)} trainings, success rate "
           f"{stats.get('success_rate', 0)}%, last {stats.get('last_training')}")
@@ -258,14 +317,20 @@ def cmd_history(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_check(args: argparse.Namespace, settings: Settings) -> int:
     """One check now, as the scheduler runs it every PERFORMANCE_CHECK_INTERVAL seconds
-    (degraded models are retrained)."""
+    (degraded models are retrained), its progress on stderr (not with --json when piped)."""
     from backend.ml.logsetup import configure_logging
     from backend.ml.monitoring.check import Monitor
     from backend.ml.runs.runner import Runner
     from backend.ml.runs.services import Services
 
     configure_logging(settings.LOGS_DIR, console=False)
-    entry = Monitor(Runner(Services.from_settings(settings))).run_check()
+    printer = _CheckPrinter() if sys.stderr.isatty() or not args.json else None
+    try:
+        entry = Monitor(Runner(Services.from_settings(settings)),
+                        on_progress=printer).run_check()
+    finally:
+        if printer is not None:
+            printer.close()
     if args.json:
         print(json.dumps(entry, indent=2, default=str))
         return 0
@@ -338,7 +403,8 @@ def build_parser() -> argparse.ArgumentParser:
     from backend.ml.history.document import TRIGGERS
 
     parser = argparse.ArgumentParser(prog="python -m backend.ml",
-                                     description="Train, check and manage the 17 models.")
+                                     description=f"Train, check and manage the "
+                                                 f"{len(MODEL_NAMES)} models.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("init-db", help="create and fill the synthetic logistics database")
@@ -358,13 +424,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=42)
     p.set_defaults(func=cmd_simulate)
 
+    p = sub.add_parser(
+        "ingest", help="append a file's rows to a table a model declares; the whole file "
+                       "or nothing",
+        description="Append the rows of a CSV file (header: the table's columns; Parquet "
+                    "too when pyarrow is installed: it is not a dependency) to a table "
+                    "a model declares. Rows must be in time order and no older than the "
+                    "newest row already in the table; keys must be new. A bad file is "
+                    "refused naming its line and column, and nothing is written.")
+    p.add_argument("table", help="a declared table, e.g. co2_weekly (EXAMPLE_MODELS)")
+    p.add_argument("file", help="a .csv file, or .parquet with pyarrow installed")
+    p.set_defaults(func=cmd_ingest)
+
     p = sub.add_parser("train", help="train models now")
-    p.add_argument("--models", help="comma-separated model names (default: all 17)")
+    p.add_argument("--models",
+                   help=f"comma-separated model names (default: all {len(MODEL_NAMES)})")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--trigger", default="manual", choices=TRIGGERS)
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("models", help="the 17 models: production version, score, state")
+    p = sub.add_parser("models", help=f"the {len(MODEL_NAMES)} models: production version, "
+                                      "score, state")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_models)
 

@@ -108,6 +108,10 @@ class Settings(BaseSettings):
     ALLOWED_ORIGINS: str = ""
     MAX_REQUEST_BYTES: int = Field(8 * 2**20, ge=1024, le=256 * 2**20)
     MAX_PREDICT_RECORDS: int = Field(10_000, ge=1, le=100_000)
+    # Example models on real data to serve beside the 17 (comma list, e.g. co2_weekly; see
+    # fleet/examples.py). The registry reads the variable itself when first imported; this
+    # field only refuses an unknown name at start-up.
+    EXAMPLE_MODELS: str = ""
 
     @field_validator("DATABASE_URL")
     @classmethod
@@ -116,6 +120,13 @@ class Settings(BaseSettings):
             raise ValueError("must be a SQLAlchemy URL such as sqlite:///path.db or "
                              "postgresql+psycopg://user@host/db")
         return resolve_database_url(value)
+
+    @field_validator("EXAMPLE_MODELS")
+    @classmethod
+    def _example_models(cls, value: str) -> str:
+        from backend.ml.fleet import examples
+
+        return ",".join(examples.parse(value))
 
     @field_validator("DAILY_TRAINING_TIME")
     @classmethod

@@ -19,7 +19,7 @@ import json
 import os
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -50,8 +50,9 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write_bytes(path: Path, payload: bytes, *, mode: int = FILE_MODE) -> None:
-    """Replace `path` with `payload` so that readers see the old or the new bytes, never a mix."""
+def _publish(path: Path, payload: bytes, mode: int, place: Callable[[str], bool]) -> bool:
+    """Write `payload` to a fsynced temporary file beside `path`, then `place(tmp)` it at
+    `path`; the temporary file never outlives the call. `place`'s answer is returned."""
     ensure_dir(path.parent)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -60,36 +61,41 @@ def atomic_write_bytes(path: Path, payload: bytes, *, mode: int = FILE_MODE) -> 
             handle.write(payload)
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException as exc:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        if isinstance(exc, OSError) and exc.filename is None:  # a write or fsync: say where
+        placed = place(tmp)
+    except OSError as exc:
+        if exc.filename is None:  # a write or fsync: say where
             raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
         raise
-    fsync_dir(path.parent)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+    if placed:
+        fsync_dir(path.parent)
+    return placed
+
+
+def atomic_write_bytes(path: Path, payload: bytes, *, mode: int = FILE_MODE) -> None:
+    """Replace `path` with `payload` so that readers see the old or the new bytes, never a mix."""
+
+    def replace(tmp: str) -> bool:
+        os.replace(tmp, path)
+        return True
+
+    _publish(path, payload, mode, replace)
 
 
 def create_exclusive(path: Path, payload: bytes, *, mode: int = FILE_MODE) -> bool:
     """Create `path` holding `payload`, whole, unless it exists: True if this call created
     it. Two processes racing to create it end with one file, the first one's."""
-    ensure_dir(path.parent)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(payload)
-            handle.flush()
-            os.fsync(handle.fileno())
+
+    def link(tmp: str) -> bool:
         try:
             os.link(tmp, path)  # unlike a rename, a link never replaces an existing file
         except FileExistsError:
             return False
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-    fsync_dir(path.parent)
-    return True
+        return True
+
+    return _publish(path, payload, mode, link)
 
 
 def atomic_write_json(path: Path, obj: Any, *, indent: int | None = 2) -> None:

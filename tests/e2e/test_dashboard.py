@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, Route, expect, sync_playwright
 
 from backend.ml.config import REPO_ROOT, Settings
 from backend.ml.data import loading, synthetic
@@ -167,6 +169,58 @@ def test_train_now_then_roll_back_with_confirmation(server: Server, browser: Bro
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
     assert problems == []
+    page.close()
+
+
+def test_every_time_is_shown_in_the_training_zone_in_one_format(
+        server: Server, browser: Browser) -> None:
+    """The next daily run (a wall time in the zone), the next check (an instant with an
+    offset), the last training and a history row: one format, in TRAINING_TIMEZONE. The
+    server runs no scheduler, so its status is given a schedule on its way to the page
+    (and its newest run is made a run of one model, which its history row names)."""
+    status = api(server, "/ml/training/status")
+    zone = ZoneInfo(status["timezone"])
+    assert status["timezone"] == "Asia/Kolkata"  # the default; IST is UTC+05:30
+
+    def scheduled(route: Route) -> None:
+        response = route.fetch()
+        body = response.json()
+        body["data"].update(scheduler_active=True, next_run="2026-12-02 02:00:00",
+                            next_check="2026-12-01T21:00:00+00:00")
+        route.fulfill(response=response, json=body)
+
+    def one_model_newest(route: Route) -> None:  # and the newest run covered one model
+        response = route.fetch()
+        body = response.json()
+        body["data"]["history"]["trainings"][0]["models"] = ["scenario_analysis"]
+        route.fulfill(response=response, json=body)
+
+    page = browser.new_page(viewport=DESKTOP)
+    page.route("**/ml/training/status", scheduled)
+    page.route("**/ml/training/history?*", one_model_newest)
+    page.goto(server.base + "/")
+    expect(page.locator("#conn")).to_contain_text("updated")
+
+    def fact(term: str) -> str:
+        return page.locator(f"#facts dt:text-is('{term}') + dd").inner_text().strip()
+
+    def local(iso: str) -> str:
+        return f"{datetime.fromisoformat(iso).astimezone(zone):%Y-%m-%d %H:%M}"
+
+    shown = {"Next daily run": fact("Next daily run"), "Next check": fact("Next check"),
+             "Last training": fact("Last training"),
+             "history": page.locator("#history-rows tr td time").first.inner_text().strip()}
+    run = api(server, "/ml/training/history?limit=1")["history"]["trainings"][0]
+    expected = {"Next daily run": "2026-12-02 02:00", "Next check": "2026-12-02 02:30",
+                "Last training": local(status["trainer_status"]["stats"]["last_training"]),
+                "history": local(run["timestamp"])}
+    names = {text.removeprefix(expected[key] + " ") for key, text in shown.items()}
+    assert all(text.startswith(expected[key] + " ") for key, text in shown.items()), shown
+    assert len(names) == 1 and names <= {"IST", "GMT+5:30"}, shown
+    rows = page.locator("#history-rows tr .models-cell")
+    expect(rows.first).to_contain_text("scenario_analysis")
+    for older in range(1, rows.count()):  # full runs: a count, no names
+        assert "_" not in rows.nth(older).inner_text()
     page.close()
 
 

@@ -20,6 +20,7 @@ from fastapi.responses import HTMLResponse
 
 from backend.app.deps import ServicesDep, SettingsDep, SpecDep
 from backend.app.schemas import Envelope, Timeline, error_responses
+from backend.ml.fleet import specs
 from backend.ml.history import parse_timestamp
 from backend.ml.runs.services import Services
 
@@ -48,7 +49,7 @@ PAGE = """<!doctype html>
 <header class="top">
   <div>
     <h1>ML training scheduler</h1>
-    <p class="sub">17 logistics models, kept fresh: nightly training, hourly checks</p>
+    <p class="sub">{model_count} logistics models, kept fresh: nightly training, hourly checks</p>
   </div>
   <p class="conn" id="conn" aria-live="polite">connecting&hellip;</p>
 </header>
@@ -123,7 +124,9 @@ PAGE = """<!doctype html>
 def dashboard(request: Request) -> HTMLResponse:
     """The page; the version in the asset URLs makes a browser fetch new ones after an
     upgrade instead of mixing a cached script with a new API."""
-    return HTMLResponse(PAGE.replace("{version}", request.app.version), headers={
+    page = PAGE.replace("{version}", request.app.version).replace(
+        "{model_count}", str(len(specs.MODEL_NAMES)))
+    return HTMLResponse(page, headers={
         "Content-Security-Policy": CSP, "Cache-Control": "no-cache",
         "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"})
 

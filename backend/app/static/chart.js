@@ -32,13 +32,14 @@
     return function (v) { return Math.round((r0 + (v - d0) * k) * 10) / 10; };
   }
 
+  /* An axis label in the training time zone: the day (MM-DD) or the time (HH:MM) of
+     Dash.when's format. */
   function stamp(t, withDay) {
-    var d = new Date(t);
-    var options = withDay ? { day: 'numeric', month: 'short' } : { hour: '2-digit', minute: '2-digit' };
-    return d.toLocaleString(undefined, options);
+    var shown = window.Dash.when(t);  // "2026-12-01 08:30 IST"
+    return withDay ? shown.slice(5, 10) : shown.slice(11, 16);
   }
 
-  function full(t) { return new Date(t).toLocaleString(); }
+  function full(t) { return window.Dash.when(t); }
 
   /* The score range shown: a little air around the data and the threshold, in steps of
      0.05, kept within [0, 1] unless a score (an r2 can be negative) lies outside. */
@@ -86,7 +87,7 @@
 
   function render(box, timeline) {
     box.textContent = '';
-    var parse = function (item) { return Object.assign({ t: Date.parse(item.time) }, item); };
+    var parse = function (item) { return Object.assign({ t: window.Dash.instant(item.time) }, item); };
     var ok = function (item) { return isFinite(item.t); };
     var points = timeline.points.map(parse).filter(ok);
     var events = timeline.events.map(parse).filter(ok);
@@ -123,7 +124,7 @@
     var span = t1 - t0;
     var most = Math.max(2, Math.floor((width - m.left - m.right) / 90));
     var tick = STEPS.filter(function (s) { return span / s <= most; })[0] || STEPS[STEPS.length - 1];
-    var zone = new Date().getTimezoneOffset() * 60e3;  // round to local midnights and hours
+    var zone = -window.Dash.zoneOffset(t0);  // round to midnights and hours of the training zone
     for (var t = Math.ceil((t0 - zone) / tick) * tick + zone; t <= t1; t += tick) {
       svg('line', { x1: x(t), x2: x(t), y1: m.top, y2: height - m.bottom, class: 'vgrid' }, grid);
       svg('text', { x: x(t), y: height - 8, 'text-anchor': 'middle' }, grid, stamp(t, tick >= DAY));

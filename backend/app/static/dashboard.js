@@ -64,18 +64,20 @@
       ' ' + (run.successful_models || 0) + ' trained, ' + (run.failed_models || 0) + ' failed in '
       + num(run.duration_seconds, 1) + ' s, average ' + num(run.avg_accuracy) + '; promoted: '
       + ((run.promoted || []).length ? Dash.listNames(run.promoted, 4) : 'none')
+      + ((run.unchanged || []).length ? '; unchanged (same data): ' + Dash.listNames(run.unchanged, 4) : '')
       + ((run.errors || []).length ? '; errors: ' + run.errors.join('; ') : ''));
   }
 
   function renderStatus(status) {
     var stats = status.trainer_status.stats;
+    Dash.timeZone = status.timezone || 'UTC';  // first: every time below is shown in it
     Dash.keyRequired = Boolean(status.api_key_required);
     ui.training = status.trainer_status.is_training;
     fill($('run-state'), ui.training ? 'Training' : 'Idle');
     $('run-state').className = 'badge ' + (ui.training ? 'state-retraining' : 'state-idle');
     renderProgress(status);
     var scheduled = function (value) {
-      return value ? value + ' (' + status.timezone + ')'
+      return value ? Dash.timeNode(value)
         : status.scheduler_active ? '\u2014' : 'not scheduled here';
     };
     fill.apply(null, [$('facts')].concat(
@@ -89,7 +91,8 @@
       Dash.fact('Lease holder', status.lease_holder || 'nobody')));
     var button = $('train-now');
     button.disabled = ui.training;
-    button.title = ui.training ? 'A run is going; one at a time' : 'Train all 17 models now';
+    button.title = ui.training ? 'A run is going; one at a time'
+      : 'Train all ' + (Dash.fleetSize || '') + ' models now';
   }
 
   function say(message, isError) {
@@ -131,7 +134,7 @@
 
   function trainNow() {
     $('train-now').disabled = true;
-    say('Starting a training run of all 17 models\u2026');
+    say('Starting a training run of all ' + (Dash.fleetSize || '') + ' models\u2026');
     Dash.authed('/ml/training/trigger', { method: 'POST' }).then(function (data) {
       ui.followed = data.run_id;
       ui.tries = 0;
@@ -169,16 +172,27 @@
     })));
   }
 
+  /* A run of some of the models names them (`models`, from the history); a full run does not. */
+  function covered(run, trained) {
+    var names = run.models || [];
+    if (!names.length || !Dash.fleetSize || names.length >= Dash.fleetSize) return String(trained);
+    return h('span', { class: 'covered', title: names.join(', ') },
+      h('span', { class: 'count' }, String(trained)), ' ', h('span', { class: 'names' }, Dash.listNames(names, 3)));
+  }
+
   function historyRow(run) {
     var trained = typeof run.models_trained === 'number' ? run.models_trained : (run.models || []).length;
     var state = RESULT_STATE[run.status] || 'degraded';
+    var unchanged = run.unchanged || [];
     var result = run.status === 'running' ? Dash.badge(state, 'running')
-      : h('span', {}, Dash.badge(state, run.status || '?'), ' ' + (run.successful_models || 0) + '/' + trained);
+      : h('span', {}, Dash.badge(state, run.status || '?'), ' ' + (run.successful_models || 0) + '/' + trained,
+        unchanged.length ? h('span', { class: 'unchanged', title: 'Same data and parameters as production: '
+          + 'no new version. ' + unchanged.join(', ') }, ' \u00b7 ' + unchanged.length + ' unchanged') : null);
     return h('tr', {},
-      h('td', {}, h('time', { datetime: run.timestamp, title: Dash.ago(run.timestamp) }, Dash.when(run.timestamp))),
+      h('td', {}, Dash.timeNode(run.timestamp)),
       h('td', {}, run.trigger || '\u2014'),
       h('td', { class: 'num' }, typeof run.duration_seconds === 'number' ? num(run.duration_seconds, 1) + ' s' : '\u2014'),
-      h('td', { class: 'num' }, String(trained)),
+      h('td', { class: 'num models-cell' }, covered(run, trained)),
       h('td', {}, result),
       h('td', { class: 'num' }, num(run.avg_accuracy)));
   }
@@ -208,7 +222,7 @@
     ui.lastOk = new Date();
     $('banner').hidden = true;
     document.body.classList.remove('stale');
-    fill($('conn'), 'updated ' + ui.lastOk.toLocaleTimeString());
+    fill($('conn'), 'updated ' + Dash.when(ui.lastOk.getTime()));
     $('conn').className = 'conn ok';
   }
 
@@ -220,7 +234,7 @@
     }
     var banner = $('banner');
     banner.textContent = (err.status ? 'The API answered ' + err.status + ': ' : 'Cannot reach the API: ')
-      + err.message + '. ' + (ui.lastOk ? 'Showing what was read at ' + ui.lastOk.toLocaleTimeString() + '; ' : '')
+      + err.message + '. ' + (ui.lastOk ? 'Showing what was read at ' + Dash.when(ui.lastOk.getTime()) + '; ' : '')
       + 'retrying every ' + SLOW / 1000 + ' s.';
     banner.hidden = false;
     document.body.classList.add('stale');

@@ -1,4 +1,4 @@
-/* The 17 model cards, in their four groups (window.Dash.models).
+/* The model cards, in their groups (window.Dash.models).
 
    The cards are built once, from the first GET /ml/models, and updated in place on every
    poll, so an opened chart or a half-confirmed rollback survives the next poll. Opening a
@@ -12,19 +12,37 @@
   var h = Dash.h;
   var fill = Dash.fill;
   var num = Dash.num;
-  var GROUPS = [['prediction', 'Prediction'], ['optimization', 'Optimization'],
-    ['risk_decision', 'Risk & decision'], ['advanced', 'Advanced']];
+  var GROUP_TITLES = { prediction: 'Prediction', optimization: 'Optimization',
+    risk_decision: 'Risk & decision', advanced: 'Advanced' };
+  var groups = [];  // [name, title], in the order the API lists each group's first model
   var PSI_ALERT = 0.25;  // the monitor's drift alert level
   var cards = {};
   var summaries = {};
 
+  // The groups are the API's: a model of a group not named here adds a section after the
+  // known ones, titled by its name.
+  function groupsOf(models) {
+    var known = Object.keys(GROUP_TITLES);
+    var names = [];
+    models.forEach(function (m) { if (names.indexOf(m.group) < 0) names.push(m.group); });
+    names.sort(function (a, b) {
+      var i = known.indexOf(a), j = known.indexOf(b);
+      return (i < 0 ? known.length : i) - (j < 0 ? known.length : j) || (a < b ? -1 : 1);
+    });
+    return names.map(function (name) {
+      return [name, GROUP_TITLES[name] || name.replace(/_/g, ' ')
+        .replace(/^./, function (c) { return c.toUpperCase(); })];
+    });
+  }
+
   function build(models) {
-    var groups = Dash.$('groups');
-    groups.textContent = '';
-    GROUPS.forEach(function (group) {
+    var sections = Dash.$('groups');
+    sections.textContent = '';
+    groups = groupsOf(models);
+    groups.forEach(function (group) {
       var grid = h('div', { class: 'group-grid' });
       summaries[group[0]] = h('span', { class: 'group-summary' });
-      groups.appendChild(h('section', { class: 'group', 'aria-label': group[1] + ' models' },
+      sections.appendChild(h('section', { class: 'group', 'aria-label': group[1] + ' models' },
         h('h3', {}, group[1], ' ', summaries[group[0]]), grid));
       models.filter(function (m) { return m.group === group[0]; })
         .forEach(function (m) { grid.appendChild(buildCard(m.name)); });
@@ -116,9 +134,10 @@
   }
 
   function render(models) {
+    Dash.fleetSize = models.length;  // a history row of fewer models names them
     if (!Object.keys(cards).length) build(models);
     models.forEach(update);
-    GROUPS.forEach(function (group) {
+    groups.forEach(function (group) {
       fill(summaries[group[0]], tally(models.filter(function (m) { return m.group === group[0]; }))
         .join(' \u00b7 '));
     });

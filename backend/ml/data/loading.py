@@ -86,7 +86,8 @@ def load_table(engine: Engine, name: str, *, window: Window = Window(),
         raise DataError(f"table {name!r} has no column {', '.join(missing)}")
     if tcol not in wanted:
         wanted.insert(0, tcol)
-    query = sa.select(*(table.c[c] for c in wanted)).order_by(table.c[tcol], table.c.id)
+    query = sa.select(*(table.c[c] for c in wanted)).order_by(
+        table.c[tcol], *table.primary_key.columns)
     if window.start is not None:
         query = query.where(table.c[tcol] >= window.start)
     if window.end is not None:

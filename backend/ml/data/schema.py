@@ -8,18 +8,28 @@ Every column carries a role in `Column.info["role"]`:
 `derived_from` names the columns a column is computed from, so the leakage guard can
 follow a feature back to a target.
 
+The generated plant's tables are in `metadata` (`GENERATED`): `backend.ml.data.synthetic`
+creates, fills and, on `init-db --force`, drops exactly those. A spec may declare its own
+table (`specs.TableDecl`); `register_table` turns it into a table of `declared_metadata`
+with the same roles, so loading, training, the check and the leakage tests read it like
+any other, and only `ingest` writes it. Its key columns are its primary key (no `id`).
+
 The scheduler only reads: SQLite is opened with `mode=ro`, PostgreSQL sessions with
-`default_transaction_read_only`. `backend.ml.data.synthetic` is the one writer; `loading` reads.
+`default_transaction_read_only`. `synthetic` and `ingest` are the writers; `loading` reads.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
+if TYPE_CHECKING:
+    from backend.ml.fleet.specs import TableDecl
+
 metadata = sa.MetaData()
+declared_metadata = sa.MetaData()
 
 
 class DataError(Exception):
@@ -147,6 +157,40 @@ dispatch_decisions = sa.Table(
 )
 
 TABLES: dict[str, sa.Table] = {t.name: t for t in metadata.sorted_tables}
+GENERATED: tuple[str, ...] = tuple(TABLES)
+
+COLUMN_TYPES: dict[str, Any] = {"float": sa.Float, "integer": sa.Integer, "text": sa.Text,
+                                "datetime": sa.DateTime}
+
+
+def register_table(decl: TableDecl) -> sa.Table:
+    """The table a spec declares, registered beside the generated ones (once per name)."""
+    if decl.name in TABLES:
+        known = TABLES[decl.name]
+        if decl.name in GENERATED or known.info.get("decl") != decl:
+            raise DataError(f"table {decl.name!r} is declared twice")
+        return known
+    columns = [_col(decl.time, sa.DateTime, "time", nullable=False)]
+    columns += [_col(c.name, COLUMN_TYPES[c.type], c.role, derived_from=c.derived_from,
+                     nullable=c.name not in decl.key_columns) for c in decl.columns]
+    table = sa.Table(decl.name, declared_metadata, *columns,
+                     sa.PrimaryKeyConstraint(*decl.key_columns), info={"decl": decl})
+    TABLES[decl.name] = table
+    return table
+
+
+def _register_declared() -> None:
+    """The tables of the specs in the registry (examples included when enabled)."""
+    from backend.ml.fleet import specs
+
+    for spec in specs.SPECS.values():
+        if spec.table_decl is not None:
+            register_table(spec.table_decl)
+
+
+def key_columns(table: str) -> tuple[str, ...]:
+    """The columns that identify a row: the primary key (`id` for the generated tables)."""
+    return tuple(c.name for c in get_table(table).primary_key.columns)
 
 
 def time_column(table: str) -> str:
@@ -186,3 +230,6 @@ def lineage(table: str, column: str) -> set[str]:
                 seen.add(parent)
                 stack.append(parent)
     return seen
+
+
+_register_declared()

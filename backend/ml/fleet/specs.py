@@ -9,6 +9,12 @@ context; the leakage tests hold every spec to that. Adding an 18th model is addi
 
 Names are the API contract: never rename one.
 
+A spec may also carry its own table (`TableDecl`: columns with types and roles, the time
+column, the key columns) instead of naming one of the generated plant's: `schema` registers
+it like any other table, `python -m backend.ml ingest` fills it, `init-db` never touches it.
+Example models (`examples.py`) join the registry when named in `EXAMPLE_MODELS`, read once
+from the environment when this module is imported.
+
 Reading a spec (name, group, metric, threshold) imports neither pandas nor scikit-learn:
 the read-only CLI commands and the API's listings need only that. The estimator is built
 in `estimators.py`; the table's column types come from `backend.ml.data.schema` when asked.
@@ -16,6 +22,7 @@ in `estimators.py`; the table's column types come from `backend.ml.data.schema` 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
@@ -25,7 +32,6 @@ if TYPE_CHECKING:
     from sklearn.pipeline import Pipeline
 
 Task = Literal["regression", "classification", "anomaly"]
-GROUPS = ("prediction", "optimization", "risk_decision", "advanced")
 
 
 # Builds a spec's unfitted Pipeline from the spec and its parameters (the spec's `params`
@@ -33,6 +39,45 @@ GROUPS = ("prediction", "optimization", "risk_decision", "advanced")
 # weights to it only when its fit takes them, and searches `ModelSpec.search_grid` or the
 # model family's grid (see `estimators.py`).
 EstimatorFactory = Callable[["ModelSpec", Mapping[str, Any]], "Pipeline"]
+
+
+ColumnType = Literal["float", "integer", "text", "datetime"]
+Role = Literal["id", "context", "outcome"]
+
+
+@dataclass(frozen=True)
+class ColumnDecl:
+    """One column of a spec's own table; roles as in `backend.ml.data.schema`."""
+
+    name: str
+    type: ColumnType
+    role: Role
+    derived_from: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class TableDecl:
+    """A table a spec declares itself. `time` is its event-time column (a datetime, never
+    empty); `keys` identify a row (default: the time column) and must be unique; every
+    other column is in `columns` with its type and role."""
+
+    name: str
+    time: str
+    columns: tuple[ColumnDecl, ...]
+    keys: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        names = [self.time, *(c.name for c in self.columns)]
+        if len(set(names)) != len(names):
+            raise ValueError(f"table {self.name!r} declares a column twice")
+        unknown = [k for k in self.keys if k not in names]
+        if unknown:
+            raise ValueError(f"table {self.name!r}: key column(s) {', '.join(unknown)} "
+                             "are not declared")
+
+    @property
+    def key_columns(self) -> tuple[str, ...]:
+        return self.keys or (self.time,)
 
 
 class UnknownModelError(KeyError):
@@ -65,12 +110,25 @@ class ModelSpec:
     estimator: EstimatorFactory | None = None
     # The parameter sets the "search" retry tries; None: the model family's (estimators.py).
     search_grid: tuple[Mapping[str, Any], ...] | None = None
+    # The spec's own table, when it is not one of the generated plant's; its name is `table`.
+    table_decl: TableDecl | None = None
+    # How far back `prepare` reads earlier rows for one row's features (its longest lag):
+    # the check loads that much history before the fresh rows.
+    lookback_days: int = 14
+
+    def __post_init__(self) -> None:
+        if self.table_decl is not None and self.table_decl.name != self.table:
+            raise ValueError(f"{self.name}: table {self.table!r} but declares "
+                             f"{self.table_decl.name!r}")
 
     @property
     def categorical(self) -> tuple[str, ...]:
-        from backend.ml.data import schema
+        if self.table_decl is not None:
+            text = {c.name for c in self.table_decl.columns if c.type == "text"}
+        else:
+            from backend.ml.data import schema
 
-        text = schema.text_columns(self.table)
+            text = schema.text_columns(self.table)
         return tuple(f for f in self.features if f in text)
 
     @property
@@ -230,8 +288,20 @@ _SPEC_LIST = [
               derived={**CALENDAR, "satisfied": ("customer_rating",)}),
 ]
 
+
+
+def _examples() -> list[ModelSpec]:
+    # Imported here: `examples` builds its specs from this module's classes.
+    from backend.ml.fleet import examples
+
+    return examples.enabled(os.environ.get("EXAMPLE_MODELS", ""))
+
+
+_SPEC_LIST += _examples()
 SPECS: dict[str, ModelSpec] = {spec.name: spec for spec in _SPEC_LIST}
 MODEL_NAMES: list[str] = sorted(SPECS)
+# The groups, in the order the specs first name them: a spec with a new group adds it.
+GROUPS: tuple[str, ...] = tuple(dict.fromkeys(spec.group for spec in _SPEC_LIST))
 
 
 def get_spec(name: str) -> ModelSpec:

@@ -26,15 +26,21 @@ Alerts before a model fails (`early_warnings`): drift that hurts the live score 
 noise (`drift_detected`, the rule and why in `backend.ml.training.drift`), and live scores
 sliding check after check (`performance_degradation`). A model whose standing verdict was
 degraded and is healthy again, by a check or by a retrain, raises one `recovered` (info).
+
+Progress (`on_progress`, for a person watching: the CLI prints it): a `CheckStep` after
+each model is checked, before each retrain attempt, and each second of a backoff wait
+(the seconds left counting down), so a check that waits minutes between retries says so.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import secrets
 import threading
-from collections.abc import Mapping
-from dataclasses import replace
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -84,6 +90,43 @@ RETRY_STRATEGIES = (
 MIN_EVENTS = 10
 
 
+@dataclass(frozen=True)
+class CheckStep:
+    """One step of a check, for whoever watches it.
+
+    kind "checked": `model` was checked (`done` of `total`), with its `verdict`;
+    "retraining": retrain `attempt` of `attempts` of `model` begins (`strategy`);
+    "waiting": `seconds_left` of the backoff before that attempt (one step a second).
+    """
+
+    kind: str
+    model: str
+    done: int = 0
+    total: int = 0
+    verdict: str | None = None
+    live_score: float | None = None
+    threshold: float | None = None
+    attempt: int = 0
+    attempts: int = 0
+    strategy: str | None = None
+    seconds_left: float = 0.0
+
+    def line(self) -> str:
+        """The step in words, one line."""
+        if self.kind == "waiting":
+            left = math.ceil(self.seconds_left)
+            return f"waiting {left} s before retry {self.attempt} of {self.model}"
+        if self.kind == "retraining":
+            return (f"retraining {self.model}: attempt {self.attempt} of {self.attempts} "
+                    f"({self.strategy})")
+        score = ("" if self.live_score is None or self.threshold is None
+                 else f"  live {self.live_score:.3f} / {self.threshold:.2f}")
+        return f"{self.done:2d}/{self.total} {self.model:<24} {self.verdict}{score}"
+
+
+ProgressFn = Callable[[CheckStep], None]
+
+
 def fresh_minimum(spec: specs.ModelSpec) -> int:
     return max(30, spec.min_samples // 5)
 
@@ -92,14 +135,17 @@ def fresh_tables(database_url: str, data_ends: Mapping[str, str]) -> dict[str, p
     """The tables of these models (name: end of its version's training window), each from
     the oldest window end among its models onward."""
     starts: dict[str, datetime] = {}
+    lookback: dict[str, int] = {}
     for name, data_end in data_ends.items():
-        table = specs.get_spec(name).table
+        spec = specs.get_spec(name)
         end = pd.Timestamp(data_end).to_pydatetime()
-        starts[table] = min(starts.get(table, end), end)
-    # Lag features need the days before the window: two weeks of margin is enough.
+        starts[spec.table] = min(starts.get(spec.table, end), end)
+        lookback[spec.table] = max(lookback.get(spec.table, 0), spec.lookback_days)
+    # Lag features need the rows before the window: as far back as the longest lag a spec
+    # of the table declares, and a day more.
     engine = loading.open_readonly(database_url)
     return {t: loading.load_table(engine, t, window=loading.Window(
-        start=start - pd.Timedelta(days=15))) for t, start in starts.items()}
+        start=start - pd.Timedelta(days=lookback[t] + 1))) for t, start in starts.items()}
 
 
 def seen_ranges(database_url: str, table: str, before: str) -> dict[str, tuple[float, float]]:
@@ -134,8 +180,10 @@ def events_short(spec: specs.ModelSpec, fresh: pd.DataFrame) -> int:
 
 class Monitor:
     def __init__(self, runner: Runner, *, backoff_seconds: float = 60.0, ab_wins: int = 3,
-                 stop: threading.Event | None = None) -> None:
+                 stop: threading.Event | None = None,
+                 on_progress: ProgressFn | None = None) -> None:
         self.runner = runner
+        self.on_progress = on_progress
         self.services = runner.services
         self.settings = runner.settings
         self.backoff_seconds = backoff_seconds
@@ -169,9 +217,14 @@ class Monitor:
         for name, serving in served.items():
             if serving is None:
                 verdicts[name] = CheckVerdict(Verdict.NO_MODEL)
-                continue
-            verdicts[name] = self._check_model(name, serving, tables, state[name])
-            self.early_warnings(name, verdicts[name], state[name])
+            else:
+                verdicts[name] = self._check_model(name, serving, tables, state[name])
+                self.early_warnings(name, verdicts[name], state[name])
+            checked = verdicts[name]
+            self._report(CheckStep("checked", name, done=len(verdicts), total=len(served),
+                                   verdict=checked.verdict.value,
+                                   live_score=checked.live_score,
+                                   threshold=checked.threshold))
         degraded = [n for n, v in verdicts.items() if v.verdict is Verdict.DEGRADED]
         self._commit({name: self._settle(name, known.of(name), state[name], verdicts[name],
                                          timestamp)
@@ -356,6 +409,8 @@ class Monitor:
         attempts = []
         for k in range(1, limit + 1):
             options = replace(RETRY_STRATEGIES[k - 1], holdout_since=holdout_since)
+            self._report(CheckStep("retraining", name, attempt=k, attempts=limit,
+                                   strategy=options.strategy))
             summary = self.runner.run(trigger="retrain", models=[name], actor="scheduler",
                                       options={name: options})
             detail = model_outcome(summary, name)
@@ -367,7 +422,8 @@ class Monitor:
             if detail.get("promoted") and detail.get("passed"):
                 model_state.verdict, model_state.version = "healthy", detail.get("version")
                 return {"recovered": True, "attempts": attempts}
-            if k < limit and self._stop.wait(self.backoff_seconds * 2 ** (k - 1)):
+            if k < limit and self._backoff(self.backoff_seconds * 2 ** (k - 1), name, k + 1,
+                                           limit):
                 break  # shutting down
         until = next_daily_time(datetime.now(UTC), self.settings.DAILY_TRAINING_TIME,
                                 ZoneInfo(self.settings.TRAINING_TIMEZONE))
@@ -381,6 +437,31 @@ class Monitor:
             score=max(scores, default=None), live_score=checked.live_score,
             threshold=checked.threshold)
         return {"recovered": False, "attempts": attempts, "cooldown_until": until.isoformat()}
+
+
+    # ---- progress ---------------------------------------------------------------------------
+
+    def _report(self, step: CheckStep) -> None:
+        """Tell the watcher, if any; a watcher that fails never stops the check."""
+        if self.on_progress is None:
+            return
+        try:
+            self.on_progress(step)
+        except Exception:
+            logger.exception("the check's progress callback failed")
+
+    def _backoff(self, seconds: float, name: str, attempt: int, attempts: int) -> bool:
+        """Wait `seconds` before retry `attempt`, telling the watcher the seconds left each
+        second; True when the check is being stopped."""
+        if self.on_progress is None or seconds <= 0:
+            return self._stop.wait(seconds)
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            self._report(CheckStep("waiting", name, attempt=attempt, attempts=attempts,
+                                   seconds_left=left))
+            if self._stop.wait(min(1.0, left)):
+                return True
+        return False
 
 
 def run_check(runner: Runner, **options: Any) -> dict[str, Any]:

@@ -65,7 +65,8 @@ Meta = dict[str, Any]
 AlertFn = Callable[[str, str, str], None]  # (level, kind, message)
 RESULT_FIELDS = ("group", "metric", "score", "baseline", "threshold", "passed", "strategy",
                  "params", "data_start", "data_end", "holdout_start", "rows_train",
-                 "rows_holdout", "fit_seconds", "duration_seconds", "feature_stats", "lift")
+                 "rows_holdout", "fit_seconds", "duration_seconds", "feature_stats", "lift",
+                 "data_fingerprint")
 
 
 class StoreError(Exception):

@@ -1,6 +1,10 @@
 """After the fits: save every version, gate each against production re-scored on the same
 holdout, back up the production set about to be replaced, then move the aliases.
 
+A fit whose data fingerprint and parameters are production's (or that was not fitted for
+that reason, `trainer.UNCHANGED`) is recorded as "unchanged": no version is saved, nothing
+is backed up or moved, and its decision names production's version.
+
 The order is what makes a crash safe: versions are committed before any alias moves, the
 backup is whole before the first move, and each move is one atomic registry write, so a
 model serves either its old or its new version, never neither.
@@ -9,14 +13,17 @@ model serves either its old or its new version, never neither.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import pandas as pd
 
 from backend.ml.data import schema
 from backend.ml.fleet import specs
+from backend.ml.fleet.scoring import passes
 from backend.ml.registry.backups import backup_production, prune_backups
 from backend.ml.registry.promotion import Decision, promotion_decision
+from backend.ml.registry.store import ModelStore, StoreError
 from backend.ml.runs.services import Services
 from backend.ml.training import trainer
 
@@ -30,12 +37,17 @@ def save_and_promote(services: Services, run_id: str, results: Sequence[trainer.
     decisions: dict[str, Decision] = {}
     winners: dict[str, tuple[str, str]] = {}
     for result in results:
-        if not result.ok:
+        if result.failed:
+            continue
+        if result.unchanged or refits_production(store, result):
+            decisions[result.name] = keep_unchanged(result,
+                                                    verified_production(store, result.name))
             continue
         meta = store.save(result, run_id=run_id)
         services.history.add_model_version(result.name, {
             k: meta.get(k) for k in ("version", "run_id", "created_at", "metric", "score",
-                                     "baseline", "threshold", "passed", "sha256")})
+                                     "baseline", "threshold", "passed", "sha256",
+                                     "data_fingerprint")})
         production = production_score(services, result, tables)
         promote, reason, below = promotion_decision(
             candidate_score=float(result.score or 0.0), candidate_passed=result.passed,
@@ -64,6 +76,70 @@ def save_and_promote(services: Services, run_id: str, results: Sequence[trainer.
     if settings.BACKUP_MODELS:
         prune_backups(settings.LOGS_DIR, settings.BACKUP_RETENTION_DAYS)
     return decisions
+
+
+def verified_production(store: ModelStore, name: str) -> dict[str, Any] | None:
+    """Production's metadata when its signature and file verify; else None (a version that
+    fails verification is never a reason not to fit a new one)."""
+    try:
+        version = store.aliases(name)["production"]
+        return None if version is None else store.verify(name, version)
+    except (StoreError, OSError):  # unreadable: saving, later, says why with the path
+        return None
+
+
+def production_fingerprints(store: ModelStore, names: Iterable[str]) -> dict[str, str]:
+    """Production's data fingerprint per model, from verified metadata: the fits a run can
+    skip (`trainer.train_many`). Versions saved before fingerprints existed have none."""
+    found: dict[str, str] = {}
+    for name in names:
+        meta = verified_production(store, name)
+        if meta is not None and isinstance(meta.get("data_fingerprint"), str):
+            found[name] = meta["data_fingerprint"]
+    return found
+
+
+def same_fit(result: trainer.TrainResult, production: Mapping[str, Any]) -> bool:
+    """A fit of production's data with production's parameters: an identical version."""
+    return (result.data_fingerprint is not None
+            and production.get("data_fingerprint") == result.data_fingerprint
+            and production.get("params") == result.params)
+
+
+def refits_production(store: ModelStore, result: trainer.TrainResult) -> bool:
+    """Whether a fit is production's fit again (production's fingerprint and parameters),
+    by production's metadata when it verifies. Read unverified first: that is cheap."""
+    try:
+        meta = store.production_meta(result.name)
+    except (StoreError, OSError):
+        return False
+    if meta is None or not same_fit(result, meta):
+        return False
+    verified = verified_production(store, result.name)
+    return verified is not None and same_fit(result, verified)
+
+
+def keep_unchanged(result: trainer.TrainResult,
+                   production: Mapping[str, Any] | None) -> Decision:
+    """Record `result` as unchanged: production's version and scores stand, nothing is
+    saved. The decision names the version."""
+    production = production or {}
+    version = str(production.get("version") or "none")
+    score = production.get("score")
+    result.status, result.estimator = trainer.UNCHANGED, None
+    if isinstance(score, int | float):
+        result.score = float(score)
+        result.passed = passes(result.score, result.threshold)
+    for key in ("baseline", "lift", "params"):
+        if production.get(key) is not None:
+            setattr(result, key, production[key])
+    fingerprint = (result.data_fingerprint or "")[:12]
+    logger.info("%s unchanged: same data and parameters as production %s (fingerprint %s)",
+                result.name, version, fingerprint)
+    return Decision(version, False, f"unchanged: same data and parameters as production "
+                                    f"{version} (data fingerprint {fingerprint}); no new "
+                                    f"version", score if isinstance(score, int | float)
+                    else None)
 
 
 def production_score(services: Services, result: trainer.TrainResult,

@@ -56,7 +56,7 @@ from backend.ml.runs.progress import (
     current_run,
     progress_file,
 )
-from backend.ml.runs.promote import save_and_promote
+from backend.ml.runs.promote import production_fingerprints, save_and_promote
 from backend.ml.runs.services import Services
 from backend.ml.training import trainer
 from backend.ml.training.results import summarize
@@ -274,6 +274,7 @@ class Runner:
             state = progress.finished(result.name)
             logger.info("run %s: %s %s (%d/%d)", run_id, result.name,
                         f"{result.metric}={result.score:.4f}" if result.ok
+                        else "unchanged" if result.unchanged
                         else f"failed: {result.error}", state.done, len(names))
             if on_result is not None:
                 on_result(result)
@@ -324,14 +325,17 @@ class Runner:
         pool of processes for it costs more than the fit."""
         settings = self.settings
         thresholds = {s.name: settings.threshold_for(s) for s in chosen}
+        # A model whose data and parameters are production's is not fitted again
+        known = production_fingerprints(self.services.store, [s.name for s in chosen])
         if len(chosen) == 1 and settings.TRAINING_BACKEND == "loky":
             return trainer.train_many(chosen, tables, thresholds=thresholds, n_jobs=1,
-                                      options=options, on_result=on_result)
+                                      options=options, on_result=on_result,
+                                      fingerprints=known)
         with trainer.parallel_backend(settings.TRAINING_BACKEND,
                                       settings.DASK_SCHEDULER_ADDRESS):
             return trainer.train_many(chosen, tables, thresholds=thresholds,
                                       n_jobs=settings.TRAINING_N_JOBS, options=options,
-                                      on_result=on_result)
+                                      on_result=on_result, fingerprints=known)
 
     def record_failure(self, run_id: str, names: Sequence[str], started_at: str,
                        message: str, exc: BaseException | None = None) -> bool:
@@ -368,7 +372,7 @@ class Runner:
         """One alert per model whose fit failed, and one when the run took too long."""
         alerts = self.services.alerts
         for result in results:
-            if not result.ok:
+            if result.failed:
                 alerts.notify("error", "training_failed",
                               f"{result.name} could not be trained in run {run_id}: "
                               f"{result.error}", model=result.name, run_id=run_id,

@@ -11,6 +11,12 @@ model's fit only when it takes `sample_weight` (for one that does not, `recency_
 trains on the recent rows it would have weighted most, and says so in `strategy`), and the
 search tries the spec's grid or its model family's (`estimators.search_grid`).
 
+Every result carries its data fingerprint (`data_fingerprint`): a hash of the table, the
+time window, the row count and content of the labelled rows, the fit's options and the
+spec's estimator with its parameters. Given production's fingerprint, `train_one` returns
+a result with status "unchanged", without fitting, when the two are equal: the same fit
+on the same rows would only make an identical version.
+
 `train_one` is a module-level, picklable function that computes and returns; it never
 writes. `train_many` fans it out with joblib; the caller picks the backend (loky on this
 machine, Dask on a cluster; see `parallel_backend`). One model's failure is recorded in
@@ -20,6 +26,8 @@ its result and never stops the others.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import logging
 import time
 import traceback
@@ -48,6 +56,9 @@ DEFAULT_HALF_LIFE_DAYS = 60.0
 # A model that takes no sample weights trains, under "recency_weighted", on the rows of the
 # last this many half-lives: those whose weight would have been at least 1/8.
 UNWEIGHTED_HALF_LIVES = 3
+
+
+OK, FAILED, UNCHANGED = "ok", "failed", "unchanged"
 
 
 class TrainingError(Exception):
@@ -79,7 +90,7 @@ class TrainResult:
     group: str
     metric: str
     threshold: float
-    status: str  # "ok" or "failed"
+    status: str  # OK, FAILED, or UNCHANGED (same fingerprint as production: not fitted)
     score: float | None = None  # raw: an R^2 may be below zero
     baseline: float | None = None  # the dummy model's score on the same holdout
     lift: float | None = None  # score - baseline
@@ -96,11 +107,22 @@ class TrainResult:
     strategy: str = "full"
     params: dict[str, Any] = field(default_factory=dict)
     feature_stats: dict[str, Any] = field(default_factory=dict)
+    data_fingerprint: str | None = None
     estimator: Pipeline | None = field(default=None, repr=False)
 
     @property
     def ok(self) -> bool:
-        return self.status == "ok"
+        """Fitted and scored: a version to save."""
+        return self.status == OK
+
+    @property
+    def unchanged(self) -> bool:
+        """Not fitted: its data and parameters are production's, so production stands."""
+        return self.status == UNCHANGED
+
+    @property
+    def failed(self) -> bool:
+        return self.status == FAILED
 
     def summary(self) -> dict[str, Any]:
         """Everything but the fitted estimator, JSON-ready."""
@@ -216,6 +238,58 @@ def reference_stats(spec: ModelSpec, X: pd.DataFrame, bins: int = 10) -> dict[st
     return stats
 
 
+def _plain(value: Any) -> Any:
+    """A parameter value as JSON: numbers and text as they are, containers item by item,
+    anything else (an estimator, a function) by its type's or its own qualified name."""
+    if isinstance(value, (bool, int, float, str, type(None))):
+        return value
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return _plain(value.tolist())
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    named = value if callable(value) and hasattr(value, "__qualname__") else type(value)
+    return f"{getattr(named, '__module__', '')}.{getattr(named, '__qualname__', named)}"
+
+
+def estimator_description(spec: ModelSpec, params: Mapping[str, Any]) -> dict[str, Any]:
+    """What a fit of `spec` with `params` is: its columns, task and metric, the classes of
+    its Pipeline's steps and every parameter of every step, and the scikit-learn release."""
+    import sklearn
+
+    pipeline = spec.make_estimator(**params)
+    steps = {name: _plain(step) for name, step in pipeline.steps}
+    deep = {key: _plain(value) for key, value in pipeline.get_params(deep=True).items()
+            if key not in ("steps", *steps)}
+    return {"features": list(spec.features), "target": spec.target, "task": spec.task,
+            "metric": spec.metric, "steps": steps, "params": deep,
+            "scikit-learn": sklearn.__version__}
+
+
+def data_fingerprint(spec: ModelSpec, labelled: pd.DataFrame, options: TrainOptions) -> str:
+    """The fingerprint of a fit before it is made (hex SHA-256): the spec's table, the time
+    window, row count and content of its labelled, prepared rows (features, target, time),
+    the fit's options and the estimator's description. Equal fingerprints make the same
+    fit: every estimator is seeded."""
+    tcol = schema.time_column(spec.table)
+    columns = list(dict.fromkeys([tcol, *spec.features, spec.target]))
+    rows = pd.util.hash_pandas_object(labelled[columns], index=False).to_numpy()
+    times = labelled[tcol]
+    described = {
+        "table": spec.table, "rows": len(labelled), "columns": columns,
+        "window": [None if times.empty else times.min().isoformat(),
+                   None if times.empty else times.max().isoformat()],
+        "content": hashlib.sha256(rows.tobytes()).hexdigest(),
+        "options": _plain(asdict(options)),
+        "estimator": estimator_description(spec, options.params),
+    }
+    payload = json.dumps(described, sort_keys=True, default=str).encode()
+    return hashlib.sha256(payload).hexdigest()
+
+
 def _sample_weight(times: pd.Series, half_life_days: float) -> np.ndarray:
     age = (times.max() - times).dt.total_seconds().to_numpy() / 86400
     return np.asarray(0.5 ** (age / half_life_days))
@@ -269,10 +343,13 @@ def _search(spec: ModelSpec, train: pd.DataFrame, options: TrainOptions) -> dict
 
 
 def train_one(spec: ModelSpec, table: pd.DataFrame, *, threshold: float,
-              options: TrainOptions = TrainOptions()) -> TrainResult:
-    """Fit one spec on a loaded table and score it on the time-ordered holdout."""
+              options: TrainOptions = TrainOptions(),
+              production_fingerprint: str | None = None) -> TrainResult:
+    """Fit one spec on a loaded table and score it on the time-ordered holdout; or, when
+    the data fingerprint equals `production_fingerprint`, a result "unchanged" with the
+    row counts and window but no fit and no score."""
     started = time.perf_counter()
-    result = TrainResult(spec.name, spec.group, spec.metric, threshold, status="failed",
+    result = TrainResult(spec.name, spec.group, spec.metric, threshold, status=FAILED,
                          strategy=options.strategy)
     try:
         options = _fitted_options(spec, options)
@@ -295,6 +372,15 @@ def train_one(spec: ModelSpec, table: pd.DataFrame, *, threshold: float,
                                 "split into training and holdout by time")
         if spec.task == "classification" and train[spec.target].nunique() < 2:
             raise TrainingError(f"the training rows hold only one class of {spec.target!r}")
+        result.data_fingerprint = data_fingerprint(spec, labelled, options)
+        result.rows_train, result.rows_holdout = len(train), len(holdout)
+        result.data_start = train[tcol].min().isoformat()
+        result.data_end = holdout[tcol].max().isoformat()
+        result.holdout_start = holdout[tcol].min().isoformat()
+        if result.data_fingerprint == production_fingerprint:
+            result.status = UNCHANGED
+            result.duration_seconds = round(time.perf_counter() - started, 4)
+            return result
         params = (_search(spec, train, options) if options.strategy == "search"
                   else dict(options.params))
         fit_started = time.perf_counter()
@@ -304,15 +390,11 @@ def train_one(spec: ModelSpec, table: pd.DataFrame, *, threshold: float,
         result.baseline = round(baseline_score(spec, train, holdout), 6)
         result.lift = round(result.score - result.baseline, 6)
         result.passed = passes(result.score, threshold)
-        result.rows_train, result.rows_holdout = len(train), len(holdout)
-        result.data_start = train[tcol].min().isoformat()
-        result.data_end = holdout[tcol].max().isoformat()
-        result.holdout_start = holdout[tcol].min().isoformat()
         result.params = {k: v for k, v in estimator[-1].get_params().items()
                          if isinstance(v, (int, float, str, bool, type(None)))}
         result.feature_stats = reference_stats(spec, train[list(spec.features)])
         result.estimator = estimator
-        result.status = "ok"
+        result.status = OK
     except TrainingError as exc:
         result.error = str(exc)
     except Exception as exc:  # bad data must fail this model only, with its reason
@@ -334,13 +416,17 @@ def load_tables(engine: Engine, specs: Iterable[ModelSpec]) -> dict[str, pd.Data
 def train_many(specs: Sequence[ModelSpec], tables: Mapping[str, pd.DataFrame], *,
                thresholds: Mapping[str, float], n_jobs: int = -1,
                options: Mapping[str, TrainOptions] | None = None,
-               on_result: Callable[[TrainResult], None] | None = None) -> list[TrainResult]:
+               on_result: Callable[[TrainResult], None] | None = None,
+               fingerprints: Mapping[str, str] | None = None) -> list[TrainResult]:
     """Train every spec, in parallel on the active joblib backend, results in spec order.
 
+    `fingerprints` are production's data fingerprints by model name: a model whose data
+    and parameters still have it is not fitted (its result is "unchanged").
     Workers get only the columns their spec reads. `on_result` is called in this process
     as each model finishes (progress). The biggest tables go first so the cores stay busy.
     """
     options = options or {}
+    fingerprints = fingerprints or {}
     order = sorted(range(len(specs)), key=lambda i: -len(tables.get(specs[i].table, ())))
     missing = [s.table for s in specs if s.table not in tables]
     if missing:
@@ -352,7 +438,8 @@ def train_many(specs: Sequence[ModelSpec], tables: Mapping[str, pd.DataFrame], *
         present = [c for c in input_columns(spec) if c in table.columns]
         return joblib.delayed(_train_indexed)(
             i, spec, table[present], threshold=thresholds[spec.name],
-            options=options.get(spec.name, TrainOptions()))
+            options=options.get(spec.name, TrainOptions()),
+            production_fingerprint=fingerprints.get(spec.name))
 
     results: list[TrainResult | None] = [None] * len(specs)
     parallel = joblib.Parallel(n_jobs=n_jobs, return_as="generator_unordered")
@@ -364,8 +451,10 @@ def train_many(specs: Sequence[ModelSpec], tables: Mapping[str, pd.DataFrame], *
 
 
 def _train_indexed(i: int, spec: ModelSpec, table: pd.DataFrame, *, threshold: float,
-                   options: TrainOptions) -> tuple[int, TrainResult]:
-    return i, train_one(spec, table, threshold=threshold, options=options)
+                   options: TrainOptions,
+                   production_fingerprint: str | None = None) -> tuple[int, TrainResult]:
+    return i, train_one(spec, table, threshold=threshold, options=options,
+                        production_fingerprint=production_fingerprint)
 
 
 @contextlib.contextmanager

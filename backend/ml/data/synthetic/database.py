@@ -58,8 +58,9 @@ class DatabaseExistsError(Exception):
 
 
 def database_has_data(engine: Engine) -> bool:
+    """Whether any generated table holds rows (a spec's own table does not count)."""
     inspector = sa.inspect(engine)
-    present = [t for t in schema.TABLES if inspector.has_table(t)]
+    present = [t for t in schema.GENERATED if inspector.has_table(t)]
     if not present:
         return False
     with engine.connect() as conn:
@@ -93,6 +94,7 @@ def init_db(engine: Engine, *, days: int = 730, seed: int = 42, force: bool = Fa
             raise DatabaseExistsError(
                 f"{loading.describe_url(engine.url.render_as_string())} already holds data; "
                 "pass --force to replace it")
+        # The generated tables only: a spec's own table (`ingest`) is not ours to drop.
         schema.metadata.drop_all(engine)
     last_day = end or (datetime.now().date() - timedelta(days=1))
     start = last_day - timedelta(days=days - 1)
