@@ -182,6 +182,18 @@ def iso_time(value: object) -> object:
     return moment
 
 
+def iso_time_with_offset(value: object) -> object:
+    """`iso_time`, refusing a time that names no offset: where the answer depends on the
+    instant, guessing UTC would answer for the wrong one."""
+    match = ISO_TIME.fullmatch(str(value))
+    if match is not None and match.group(6) is None:
+        raise ValueError("must name its offset, such as 2026-01-31T02:00:00+05:30 or "
+                         "2026-01-31T02:00:00Z")
+    return iso_time(value)
+
+
+At = Annotated[datetime, BeforeValidator(iso_time_with_offset), Query(
+    description="An ISO 8601 time with its offset (Z or +05:30).")]
 Since = Annotated[datetime | None, BeforeValidator(iso_time), Query(
     description="Only entries at or after this ISO 8601 time (UTC when it names no zone).")]
 SpecDep = Annotated[ModelSpec, Depends(model_spec)]

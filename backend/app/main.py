@@ -34,6 +34,7 @@ from backend.ml.data.loading import describe_url
 from backend.ml.fleet.specs import SPECS
 from backend.ml.logsetup import configure_logging
 from backend.ml.registry.store import StoreError
+from backend.ml.registry.verify import check_audit_chain
 from backend.ml.runs.runner import Runner
 from backend.ml.runs.scheduler import TrainingScheduler
 from backend.ml.runs.services import Services
@@ -109,6 +110,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         raise
     logger.info("model versions are signed and checked with key %s (%s)", signer.key_id,
                 signer.source)
+    check_audit_chain(services.store, services.alerts.notify)  # alerts; serving goes on
     runner = Runner(services, isolated=True)  # training never shares our GIL
     interrupted = runner.recover_interrupted()
     if interrupted:

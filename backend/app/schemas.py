@@ -323,6 +323,17 @@ class RollbackData(BaseModel):
     audit: AuditEntry
 
 
+class ProductionAt(BaseModel):
+    """The version that served at `at`, and the audit entry of the move that made it
+    production (replaying the audit up to `at`)."""
+
+    model: str
+    at: str = Field(description="The time asked about, as given (ISO 8601).")
+    version: str
+    since: str = Field(description="When that version became production.")
+    move: AuditEntry
+
+
 class PredictRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 

@@ -20,7 +20,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
-from datetime import date
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -208,12 +208,48 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     return 0 if summary["status"] == "success" else EXIT_FAILED_RUN
 
 
+def aware_time(text: str, option: str) -> datetime:
+    """An ISO 8601 time that names its offset; CommandError otherwise."""
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        moment = None
+    if moment is None or moment.tzinfo is None:
+        raise CommandError(f"{option} {text!r}: give an ISO 8601 time with its offset, such "
+                           "as 2026-01-31T02:00:00+05:30 or 2026-01-31T02:00:00Z")
+    return moment
+
+
+def models_at(args: argparse.Namespace, settings: Settings) -> int:
+    """Which version served each model at `--at`, from the audit."""
+    from backend.ml.runs.services import Services
+
+    at = aware_time(args.at, "--at")
+    store = Services.from_settings(settings).store
+    rows = [{"model": name, **(store.production_at(name, at) or {})} for name in MODEL_NAMES]
+    if not any(r.get("to") for r in rows):
+        raise CommandError(f"no model had a production version at {at.isoformat()}: that "
+                           "is before the first promotion")
+    if args.json:
+        print(json.dumps([{"model": r["model"], "production": r.get("to"),
+                           "since": r.get("at"), "action": r.get("action"),
+                           "reason": r.get("reason")} for r in rows], indent=2))
+        return 0
+    print(f"production at {at.isoformat()}")
+    print(f"{'model':<25}{'production':<12}since")
+    for r in rows:
+        print(f"{r['model']:<25}{r.get('to') or '-':<12}{r.get('at') or '-'}")
+    return 0
+
+
 def cmd_models(args: argparse.Namespace, settings: Settings) -> int:
     """Every model's production version, score and health state (the one health function
-    the API, the dashboard and /metrics show)."""
+    the API, the dashboard and /metrics show); with `--at`, the version serving then."""
     from backend.ml.monitoring.health import read_fleet
     from backend.ml.runs.services import Services
 
+    if getattr(args, "at", None) is not None:
+        return models_at(args, settings)
     services = Services.from_settings(settings)
     rows = []
     for status in read_fleet(services.store, settings, on_recover=services.report_recovery):
@@ -275,6 +311,19 @@ def cmd_sign(args: argparse.Namespace, settings: Settings) -> int:
     print(f"signed {signed}, left unsigned {left}, of {len(report)} version(s); key "
           f"{store.signer.key_id} ({store.signer.source})")
     return 0 if left == 0 else EXIT_FAILED_RUN
+
+
+def cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
+    """The audit chain and every stored version: one line per problem, then a summary;
+    exit 1 when anything is broken."""
+    from backend.ml.registry.verify import verify_store
+    from backend.ml.runs.services import Services
+
+    report = verify_store(Services.from_settings(settings).store)
+    for problem in report.problems:
+        print(problem.line())
+    print(report.summary())
+    return 0 if report.ok else EXIT_FAILED_RUN
 
 
 def cmd_backups(args: argparse.Namespace, settings: Settings) -> int:
@@ -446,7 +495,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("models", help=f"the {len(MODEL_NAMES)} models: production version, "
                                       "score, state")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--at", metavar="TIME", help="the version serving at this ISO 8601 time "
+                   "with its offset (from the audit)")
     p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("verify", help="check the audit chain and every stored version's "
+                                      "signature and file hash; exit 1 when broken")
+    p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser("rollback", help="production back to the previous or a named version")
     p.add_argument("name")

@@ -78,6 +78,14 @@ class Settings(BaseSettings):
     MODEL_SIGNING_KEY: str | None = Field(None, min_length=32)
     MODEL_SIGNING_KEY_FILE: Path = Path("backend/ml/secrets/model_signing.key")
     PROMOTION_TOLERANCE: float = Field(0.005, ge=0.0, le=0.5)
+    # The gate's evidence (registry/promotion.py): paired bootstrap resamples of the holdout
+    # (0: compare the point scores only), their seed and the interval's confidence; the
+    # smallest slice compared, and how much worse than production a slice may be.
+    PROMOTION_BOOTSTRAP_RESAMPLES: int = Field(500, ge=0, le=100_000)
+    PROMOTION_BOOTSTRAP_SEED: int = Field(0, ge=0)
+    PROMOTION_CONFIDENCE: float = Field(0.9, gt=0.0, lt=1.0)
+    PROMOTION_MIN_SLICE_ROWS: int = Field(50, ge=1)
+    PROMOTION_SLICE_LIMIT: float = Field(0.05, ge=0.0, le=1.0)
     KEEP_CANDIDATES: int = Field(3, ge=0)
     MODELS_DIR: Path = Path("backend/ml/models")
     LOGS_DIR: Path = Path("backend/ml/logs")

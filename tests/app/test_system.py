@@ -49,7 +49,7 @@ def test_docs_and_openapi_document_every_route(shared_client: TestClient) -> Non
                 ("get", "/ml/training/runs/{run_id}"), ("get", "/ml/training/history"),
                 ("get", "/ml/models"), ("get", "/ml/models/{name}"),
                 ("get", "/ml/models/{name}/versions"), ("get", "/ml/models/{name}/timeline"),
-                ("post", "/ml/models/{name}/rollback"),
+                ("get", "/ml/models/{name}/production"), ("post", "/ml/models/{name}/rollback"),
                 ("post", "/ml/models/{name}/predict"), ("get", "/ml/alerts"), ("get", "/health")}
     found = {(method, path) for path, ops in spec["paths"].items() for method in ops}
     assert found == expected

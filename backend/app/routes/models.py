@@ -16,6 +16,7 @@ from sklearn.pipeline import Pipeline
 from threadpoolctl import threadpool_limits
 
 from backend.app.deps import (
+    At,
     EstimatorCache,
     EstimatorsDep,
     ServicesDep,
@@ -30,6 +31,7 @@ from backend.app.schemas import (
     ModelList,
     PredictData,
     PredictRequest,
+    ProductionAt,
     RollbackData,
     RollbackRequest,
     VersionList,
@@ -99,6 +101,20 @@ def model_versions(spec: SpecDep, services: ServicesDep) -> Envelope[VersionList
     return Envelope(data=VersionList.model_validate({
         "model": spec.name, "aliases": services.store.aliases(spec.name),
         "versions": versions}))
+
+
+@router.get("/{name}/production", response_model=Envelope[ProductionAt],
+            responses=error_responses(404, 422))
+def production_at(spec: SpecDep, services: ServicesDep, at: At) -> Envelope[ProductionAt]:
+    """Which version served at `at` (an ISO 8601 time with its offset), from the audit of
+    alias moves; 404 before the model's first promotion."""
+    move = services.store.production_at(spec.name, at)
+    if move is None:
+        raise HTTPException(404, f"{spec.name} had no production version at "
+                                 f"{at.isoformat()}: that is before its first promotion")
+    return Envelope(data=ProductionAt.model_validate({
+        "model": spec.name, "at": at.isoformat(), "version": move["to"], "since": move["at"],
+        "move": move}))
 
 
 @router.post("/{name}/rollback", response_model=Envelope[RollbackData],

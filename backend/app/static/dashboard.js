@@ -261,7 +261,7 @@
       Dash.api('/ml/training/history?limit=' + HISTORY_PAGE + '&offset=' + ui.historyOffset)
     ]).then(function (answers) {
       renderStatus(answers[0]);
-      Dash.models.render(answers[1].models);
+      Dash.models.render(answers[1].models, answers[3].history.model_versions);
       renderAlerts(answers[2]);
       renderHistory(answers[3]);
       connected();

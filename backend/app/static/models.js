@@ -107,7 +107,31 @@
     }, 'PSI ' + num(found.max_psi, 2) + (top ? ' \u00b7 ' + top[0] : ''));
   }
 
-  function update(m) {
+  function signed(value) {
+    return (value > 0 ? '+' : '') + num(value);
+  }
+
+  /* The newest version's gate decision (GET /ml/training/history `model_versions`): promoted
+     or held, its difference from production with the bootstrap interval, and its worst
+     slice; the decision's full words on hover. Versions recorded before the gate kept its
+     evidence have none: nothing is shown. */
+  function gate(versions) {
+    var newest = (versions || []).filter(function (v) { return v.gate; }).pop();
+    if (!newest) return null;
+    var g = newest.gate;
+    var parts = [newest.version + (g.promoted ? ' promoted' : ' held')];
+    if (g.interval) {
+      parts.push(signed(g.interval.difference) + ', ' + Math.round(g.interval.confidence * 100)
+        + '% interval [' + signed(g.interval.low) + ', ' + signed(g.interval.high) + ']');
+    }
+    if (g.worst_slice) {
+      parts.push('worst slice ' + g.worst_slice.column + '=' + g.worst_slice.value + ' '
+        + signed(g.worst_slice.difference) + ' (' + g.worst_slice.rows + ' rows)');
+    }
+    return h('span', { class: 'gate', title: g.decision }, parts.join(' \u00b7 '));
+  }
+
+  function update(m, versions) {
     var card = cards[m.name];
     card.root.className = 'model state-' + m.state + (card.open ? ' open' : '');
     card.badge.className = 'badge state-' + m.state;
@@ -117,13 +141,15 @@
         h('span', {}, num(m.score) + ' vs ' + num(m.threshold, 2) + ' ' + m.metric),
         meter(m.score, m.threshold))
       : 'threshold ' + num(m.threshold, 2) + ' ' + m.metric;
+    var decided = gate(versions);
     var version = m.production_version
       ? h('span', {}, m.production_version + ' \u00b7 trained ', Dash.timeNode(m.trained_at))
       : (m.error ? 'unreadable: ' + m.error : 'none yet');
     fill.apply(null, [card.facts].concat(
       Dash.fact('Version', version), Dash.fact('Score', score),
       Dash.fact('Live', live(m.last_check, m.production_version)),
-      Dash.fact('Drift', drift(m.last_check))));
+      Dash.fact('Drift', drift(m.last_check)),
+      decided ? Dash.fact('Gate', decided) : []));
   }
 
   function tally(models) {
@@ -133,10 +159,11 @@
     }).filter(Boolean);
   }
 
-  function render(models) {
+  // `versions`: the history's model_versions, {name: [entries, oldest first]}, if at hand.
+  function render(models, versions) {
     Dash.fleetSize = models.length;  // a history row of fewer models names them
     if (!Object.keys(cards).length) build(models);
-    models.forEach(update);
+    models.forEach(function (m) { update(m, versions && versions[m.name]); });
     groups.forEach(function (group) {
       fill(summaries[group[0]], tally(models.filter(function (m) { return m.group === group[0]; }))
         .join(' \u00b7 '));

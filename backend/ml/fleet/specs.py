@@ -115,11 +115,18 @@ class ModelSpec:
     # How far back `prepare` reads earlier rows for one row's features (its longest lag):
     # the check loads that much history before the fresh rows.
     lookback_days: int = 14
+    # Feature columns whose values the promotion gate compares one by one (a destination,
+    # a mode): a candidate much worse than production on one of them is held.
+    slices: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.table_decl is not None and self.table_decl.name != self.table:
             raise ValueError(f"{self.name}: table {self.table!r} but declares "
                              f"{self.table_decl.name!r}")
+        unknown = [c for c in self.slices if c not in self.features]
+        if unknown:
+            raise ValueError(f"{self.name}: slice column(s) {', '.join(unknown)} are not "
+                             "features")
 
     @property
     def categorical(self) -> tuple[str, ...]:
@@ -201,11 +208,13 @@ _SPEC_LIST = [
     ModelSpec("delay_prediction", "prediction", "shipments",
               SHIPMENT_CONTEXT + ("dispatch_hour", "dispatch_dow"), "delay_hours",
               "regression", "r2", "Hours a shipment arrives after its planned transit time.",
-              threshold=0.75, prepare=_calendar, derived=CALENDAR),
+              threshold=0.75, prepare=_calendar, derived=CALENDAR,
+              slices=("destination", "mode")),
     ModelSpec("cost_prediction", "prediction", "shipments",
               ("distance_km", "mode", "vehicle_type", "material", "tonnage", "priority",
                "fuel_price", "destination", "route"), "total_cost", "regression", "r2",
-              "Total cost of a dispatch in INR.", threshold=0.75),
+              "Total cost of a dispatch in INR.", threshold=0.75,
+              slices=("destination", "mode")),
     ModelSpec("demand_forecasting", "prediction", "daily_demand",
               ("material", "region", "is_festival", "is_monsoon", "price_index",
                "lag_1", "lag_2", "lag_7", "lag_14", "mean_7", "day_of_week", "day_of_year"),
@@ -219,7 +228,8 @@ _SPEC_LIST = [
               ("material", "vehicle_type", "mode", "distance_km", "rainfall_mm", "weather",
                "transporter_on_time_rate", "is_festival", "route", "destination"),
               "delivery_condition", "classification", "balanced_accuracy",
-              "Condition on delivery: good, minor or major damage.", threshold=0.75),
+              "Condition on delivery: good, minor or major damage.", threshold=0.75,
+              slices=("material", "mode")),
     ModelSpec("fuel_consumption", "prediction", "shipments",
               ("distance_km", "tonnage", "mode", "vehicle_type", "traffic", "rainfall_mm",
                "weather", "route"), "fuel_litres", "regression", "r2",
@@ -242,7 +252,8 @@ _SPEC_LIST = [
     ModelSpec("vehicle_allocation", "optimization", "shipments",
               ("material", "mode", "tonnage", "destination", "distance_km", "priority"),
               "vehicle_type", "classification", "accuracy",
-              "The wagon or truck type planners assign to the consignment."),
+              "The wagon or truck type planners assign to the consignment.",
+              slices=("material",)),
     ModelSpec("material_recommendation", "optimization", "shipments",
               ("customer", "customer_segment", "destination", "priority", "dispatch_month"),
               "material", "classification", "accuracy",
@@ -277,7 +288,7 @@ _SPEC_LIST = [
                "temperature_c", "oil_quality", "load_pct"), "failure_within_30d",
               "classification", "balanced_accuracy",
               "Whether a locomotive, wagon, crane or conveyor fails within 30 days.",
-              threshold=0.58),
+              threshold=0.58, slices=("equipment_type",)),
     ModelSpec("customer_satisfaction", "advanced", "shipments",
               ("customer_segment", "priority", "transporter_on_time_rate", "distance_km",
                "mode", "route", "weather", "rainfall_mm", "traffic", "is_festival",

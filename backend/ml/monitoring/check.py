@@ -60,6 +60,7 @@ from backend.ml.monitoring.state import (
     monitor_file,
 )
 from backend.ml.monitoring.verdict import CheckVerdict, Verdict
+from backend.ml.registry.verify import check_audit_chain
 from backend.ml.runs.clock import next_daily_time
 from backend.ml.runs.runner import Runner
 from backend.ml.training import trainer
@@ -205,6 +206,7 @@ class Monitor:
     def run_check(self) -> dict[str, Any]:
         """Check every production model, retrain what is degraded; the history entry."""
         store = self.services.store
+        check_audit_chain(store, self.services.alerts.notify)  # one alert; serving goes on
         known = self.state.read()
         state = {name: known.of(name).model_copy(deep=True) for name in specs.MODEL_NAMES}
         served = {name: store.load_serving(name, on_alert=self.services.alerts.callback(name))

@@ -12,25 +12,43 @@ crash in between leaves an audit line for a move that did not land, never a move
 its line; a torn last line (a crash mid-append) is skipped when read.
 
 A registry written by the previous release kept the audit inside it (`"audit": [...]`);
-it is read as is and moved into `audit.jsonl` at the next write.
+it is read as is and moved into `audit.jsonl` at the next write (chained then, as below).
+
+The audit is a hash chain. Each line appended carries `prev`, `key_id` and `mac`: `prev`
+is the SHA-256 (hex) of the line before it, and for the first chained line the SHA-256 of
+GENESIS_SEED followed by every byte before that line (nothing in a new file); `mac` is an
+HMAC-SHA256 under the model signing key over "audit-entry\0" and the entry's canonical JSON
+without `mac` (sorted keys, no spaces; the prefix keeps an entry's MAC from ever passing
+for a version's signature). Editing, removing, inserting or reordering any line breaks the
+MAC of that line or the `prev` of the next; `verify.py` checks it. Lines written by the
+release before the chain (no `prev`, no `mac`) are its unsigned prefix: accepted only
+before the first chained line, whose `prev` covers all of them, so they cannot be edited
+later without breaking the chain either. Dropping the newest lines is not seen by the chain
+alone. A torn last line is cut off (under the lock) before the next append, so it cannot
+swallow the next entry. Readers strip the chain fields: a move is a move.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import hmac
 import json
 import logging
 import os
 import re
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from backend.ml.fsio import FILE_MODE, ensure_dir
 from backend.ml.statefile import Recovery, StateFile
+
+if TYPE_CHECKING:
+    from backend.ml.registry.signing import Signer
 
 logger = logging.getLogger(__name__)
 Action = Literal["promote", "rollback", "restore", "ab_promote"]
@@ -38,6 +56,10 @@ Actor = Literal["scheduler", "cli", "api"]
 ACTIONS: tuple[str, ...] = ("promote", "rollback", "restore", "ab_promote")
 ACTORS: tuple[str, ...] = ("scheduler", "cli", "api")
 VERSION_RE = re.compile(r"^v(\d{4,})$")
+GENESIS_SEED = b"backend.ml audit.jsonl genesis\n"
+GENESIS = hashlib.sha256(GENESIS_SEED).hexdigest()  # prev of line 1 of a new audit
+CHAIN_FIELDS = ("prev", "key_id", "mac")
+TAIL_BYTES = 65536  # read from the end of the audit to find its last line
 
 
 class AliasMove(BaseModel):
@@ -79,6 +101,54 @@ def version_number(version: str | None) -> int:
     return int(match.group(1)) if match else 0
 
 
+def line_hash(line: bytes) -> str:
+    """What the next entry's `prev` holds: the SHA-256 of a line (without its newline)."""
+    return hashlib.sha256(line).hexdigest()
+
+
+def first_prev(prefix: bytes) -> str:
+    """The `prev` of the first chained line: covers the genesis seed and every byte before
+    it (the unsigned lines of the release before the chain, if any)."""
+    return hashlib.sha256(GENESIS_SEED + prefix).hexdigest()
+
+
+def is_chained(line: bytes) -> bool:
+    """Whether a line is a chained entry (it has `prev` or `mac`)."""
+    try:
+        entry = json.loads(line)
+    except ValueError:
+        return False
+    return isinstance(entry, dict) and ("prev" in entry or "mac" in entry)
+
+
+def entry_mac(signer: Signer, entry: Mapping[str, Any]) -> str:
+    """The HMAC of an audit entry: over its canonical JSON without `mac`."""
+    body = {k: v for k, v in entry.items() if k != "mac"}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hmac.new(signer.key, b"audit-entry\0" + text.encode("ascii"),
+                    hashlib.sha256).hexdigest()
+
+
+def parse_time(text: object) -> datetime | None:
+    """An entry's `at` as an aware datetime (UTC when it names no zone); None if not a time."""
+    try:
+        moment = datetime.fromisoformat(str(text))
+    except ValueError:
+        return None
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def serving_at(moves: Iterable[AliasMove], name: str, at: datetime) -> AliasMove | None:
+    """The move that made a model's production version the one serving at `at` (moves at
+    or before it, in the audit's order); None before its first promotion."""
+    found = None
+    for move in moves:
+        moment = parse_time(move.at)
+        if move.model == name and moment is not None and moment <= at:
+            found = move
+    return found
+
+
 def replay(moves: Iterable[AliasMove], versioning: bool = True) -> dict[str, ModelAliases]:
     """Each model's aliases after the moves, in order."""
     models: dict[str, ModelAliases] = {}
@@ -98,7 +168,8 @@ class AliasBook:
     """
 
     def __init__(self, models_dir: Path, *, numbers: Callable[[str], list[int]],
-                 model_names: Callable[[], Iterable[str]], versioning: bool = True,
+                 model_names: Callable[[], Iterable[str]], signer: Callable[[], Signer],
+                 versioning: bool = True,
                  on_recover: Callable[[Recovery], None] | None = None,
                  lock_timeout: float = 60.0) -> None:
         self.models_dir = Path(models_dir)
@@ -106,6 +177,7 @@ class AliasBook:
         self.versioning = versioning
         self._numbers = numbers
         self._model_names = model_names
+        self._signer = signer
         self.file = StateFile(self.models_dir / "registry.json", Registry, empty=Registry,
                               rebuild=self._rebuild, rebuilt_description=self._describe,
                               on_recover=on_recover, lock_path=self.models_dir / ".registry.lock",
@@ -148,20 +220,53 @@ class AliasBook:
         moves = []
         for line in lines:
             with contextlib.suppress(ValueError):
-                moves.append(AliasMove.model_validate_json(line))
+                entry = json.loads(line)
+                if isinstance(entry, dict):
+                    for key in CHAIN_FIELDS:
+                        entry.pop(key, None)
+                moves.append(AliasMove.model_validate(entry))
         return moves
 
     def _append(self, moves: Iterable[AliasMove]) -> None:
-        payload = b"".join(json.dumps(m.as_dict()).encode("utf-8") + b"\n" for m in moves)
-        if not payload:
+        """(Lock held.) Append moves as chained, signed lines and fsync them."""
+        todo = list(moves)
+        if not todo:
             return
+        signer = self._signer()
         ensure_dir(self.models_dir)
-        fd = os.open(self.audit_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, FILE_MODE)
+        fd = os.open(self.audit_path, os.O_RDWR | os.O_APPEND | os.O_CREAT, FILE_MODE)
         try:
-            os.write(fd, payload)
+            prev = self._prev(fd)
+            lines = []
+            for move in todo:
+                entry = {**move.as_dict(), "prev": prev, "key_id": signer.key_id}
+                entry["mac"] = entry_mac(signer, entry)
+                line = json.dumps(entry).encode("utf-8")
+                lines.append(line + b"\n")
+                prev = line_hash(line)
+            os.write(fd, b"".join(lines))
             os.fsync(fd)
         finally:
             os.close(fd)
+
+    def _prev(self, fd: int) -> str:
+        """(Lock held.) The `prev` of the next line appended; a torn last line (a crash
+        mid-append) is cut off first."""
+        size = os.fstat(fd).st_size
+        start = max(0, size - TAIL_BYTES)
+        data = os.pread(fd, size - start, start)
+        if start and data.count(b"\n") < 2:  # the last line may begin before the chunk
+            start, data = 0, os.pread(fd, size, 0)
+        end = data.rfind(b"\n") + 1
+        if end < len(data):
+            logger.warning("%s ends with a torn line (%d bytes, a crash mid-append): cut off "
+                           "before the next entry", self.audit_path, len(data) - end)
+            os.ftruncate(fd, start + end)
+        last = next((line for line in reversed(data[:end].split(b"\n")) if line.strip()),
+                    None)
+        if last is not None and is_chained(last):
+            return line_hash(last)
+        return first_prev(os.pread(fd, start + end, 0) if start else data[:end])
 
     def _rebuild(self) -> Registry:
         """(Lock held.) The registry as the audit and the version files tell it (a legacy

@@ -3,7 +3,8 @@
     <name>/v0001.skops   the fitted Pipeline (skops; `.joblib` where it cannot), written first
     <name>/v0001.json    its metadata: format, the model file's SHA-256 and a signature over
                          all of it (signing.py); written last, the commit point
-    registry.json        which version serves, and audit.jsonl, every alias move (aliases.py)
+    registry.json        which version serves, and audit.jsonl, every alias move, a signed
+                         hash chain (aliases.py; checked by verify.py)
 
 A model file without its `.json` is a crash mid-save: readers ignore it, retention deletes
 it. Numbers only go up (`last_version` is the highest ever issued), so a version id in the
@@ -50,6 +51,7 @@ from backend.ml.registry.aliases import (
     ModelAliases,
     Registry,
     now_iso,
+    serving_at,
 )
 from backend.ml.registry.signing import Signer, SigningKeyError, default_signer
 from backend.ml.statefile import Recovery
@@ -133,7 +135,7 @@ class ModelStore:
         self.versioning = versioning
         self.keep_candidates = max(0, keep_candidates)
         self.book = AliasBook(self.models_dir, numbers=lambda n: self._numbers(n, ALL_SUFFIXES),
-                              model_names=lambda: MODEL_NAMES,
+                              model_names=lambda: MODEL_NAMES, signer=lambda: self.signer,
                               versioning=versioning, on_recover=on_recover,
                               lock_timeout=lock_timeout)
         self.registry_path = self.book.path
@@ -294,6 +296,13 @@ class ModelStore:
         entries = [e.as_dict() for e in reversed(self.book.audit())
                    if name is None or e.model == name]
         return entries if limit is None else entries[:limit]
+
+    def production_at(self, name: str, at: datetime) -> Meta | None:
+        """The audit entry of the move that made the version serving at `at` production
+        (the moves replayed up to `at`); None before the model's first promotion."""
+        get_spec(name)
+        move = serving_at(self.book.audit(), name, at)
+        return None if move is None else move.as_dict()
 
     # ---- writing ----------------------------------------------------------------------------
 

@@ -1,5 +1,7 @@
 """After the fits: save every version, gate each against production re-scored on the same
-holdout, back up the production set about to be replaced, then move the aliases.
+holdout (both models predict those rows once; the gate's interval and slices come from
+those predictions), record the version with its decision, back up the production set
+about to be replaced, then move the aliases.
 
 A fit whose data fingerprint and parameters are production's (or that was not fitted for
 that reason, `trainer.UNCHANGED`) is recorded as "unchanged": no version is saved, nothing
@@ -20,9 +22,16 @@ import pandas as pd
 
 from backend.ml.data import schema
 from backend.ml.fleet import specs
-from backend.ml.fleet.scoring import passes
+from backend.ml.fleet.scoring import get_metric, passes
 from backend.ml.registry.backups import backup_production, prune_backups
-from backend.ml.registry.promotion import Decision, promotion_decision
+from backend.ml.registry.promotion import (
+    Decision,
+    Interval,
+    SliceGap,
+    paired_bootstrap,
+    promotion_decision,
+    worst_slice,
+)
 from backend.ml.registry.store import ModelStore, StoreError
 from backend.ml.runs.services import Services
 from backend.ml.training import trainer
@@ -44,16 +53,19 @@ def save_and_promote(services: Services, run_id: str, results: Sequence[trainer.
                                                     verified_production(store, result.name))
             continue
         meta = store.save(result, run_id=run_id)
-        services.history.add_model_version(result.name, {
-            k: meta.get(k) for k in ("version", "run_id", "created_at", "metric", "score",
-                                     "baseline", "threshold", "passed", "sha256",
-                                     "data_fingerprint")})
-        production = production_score(services, result, tables)
+        production, interval, worst = compare_on_holdout(services, result, tables)
         promote, reason, below = promotion_decision(
             candidate_score=float(result.score or 0.0), candidate_passed=result.passed,
             production_score_on_same_holdout=production,
-            tolerance=settings.PROMOTION_TOLERANCE, threshold=result.threshold)
-        decisions[result.name] = Decision(meta["version"], promote, reason, production, below)
+            tolerance=settings.PROMOTION_TOLERANCE, threshold=result.threshold,
+            interval=interval, worst_slice=worst, slice_limit=settings.PROMOTION_SLICE_LIMIT)
+        decision = decisions[result.name] = Decision(meta["version"], promote, reason,
+                                                     production, below, interval, worst)
+        gate = {k: v for k, v in decision.as_detail().items() if k != "version"}
+        services.history.add_model_version(result.name, {
+            **{k: meta.get(k) for k in ("version", "run_id", "created_at", "metric", "score",
+                                        "baseline", "threshold", "passed", "sha256",
+                                        "data_fingerprint")}, "gate": gate})
         if promote:
             winners[result.name] = (meta["version"], reason)
             if below:  # serves although under its threshold: the best there is
@@ -142,19 +154,43 @@ def keep_unchanged(result: trainer.TrainResult,
                     else None)
 
 
-def production_score(services: Services, result: trainer.TrainResult,
-                     tables: Mapping[str, pd.DataFrame]) -> float | None:
-    """Production's score on the candidate's holdout (not its old number); None if none."""
+def compare_on_holdout(services: Services, result: trainer.TrainResult,
+                       tables: Mapping[str, pd.DataFrame],
+                       ) -> tuple[float | None, Interval | None, SliceGap | None]:
+    """Production's score on the candidate's holdout (not its old number; None if nothing
+    serves), and, predicting with both models once, the paired bootstrap interval of
+    candidate minus production and the spec's worst slice (None when not computed)."""
     served = services.store.load_serving(result.name,
                                          on_alert=services.alerts.callback(result.name))
     if served is None:
-        return None
+        return None, None, None
+    settings = services.settings
     spec = specs.get_spec(result.name)
     labelled, _ = trainer.labelled_frame(spec, tables[spec.table])
     tcol = schema.time_column(spec.table)
     holdout = labelled[labelled[tcol] >= pd.Timestamp(result.holdout_start)]
+    X = holdout[list(spec.features)]
     try:
-        return round(trainer.evaluate(spec, served[0], holdout), 6)
+        y = trainer.target_values(spec, holdout[spec.target])
+        production = trainer.decision_values(spec, served[0], X)
+        score = round(get_metric(spec.metric).score(y, production), 6)
     except Exception as exc:  # production cannot score today's data: the candidate wins
         logger.warning("production %s cannot score the new holdout: %s", result.name, exc)
-        return 0.0
+        return 0.0, None, None
+    if result.estimator is None:
+        return score, None, None
+    try:
+        candidate = trainer.decision_values(spec, result.estimator, X)
+        interval = None
+        if settings.PROMOTION_BOOTSTRAP_RESAMPLES:
+            interval = paired_bootstrap(spec.metric, y, candidate, production,
+                                        resamples=settings.PROMOTION_BOOTSTRAP_RESAMPLES,
+                                        seed=settings.PROMOTION_BOOTSTRAP_SEED,
+                                        confidence=settings.PROMOTION_CONFIDENCE)
+        worst = worst_slice(spec.metric, y, candidate, production,
+                            {c: holdout[c].to_numpy() for c in spec.slices},
+                            min_rows=settings.PROMOTION_MIN_SLICE_ROWS)
+    except Exception as exc:  # no evidence is never a reason to fail the run
+        logger.warning("%s: no interval or slices for the gate: %s", result.name, exc)
+        return score, None, None
+    return score, interval, worst
