@@ -222,3 +222,13 @@ def test_concurrent_promotions_keep_one_production_and_the_chain(
     moves = [AliasMove.model_validate(m) for m in reversed(ms.audit(None))]
     assert report.entries == len(moves) >= 2
     assert replay(moves)[NAME].production == ms.aliases(NAME)["production"]
+
+
+def test_a_registry_alias_the_audit_never_moved_is_named(store: ModelStore) -> None:
+    registry = store.models_dir / "registry.json"
+    document = json.loads(registry.read_text())
+    document["models"][NAME]["production"] = "v0002"  # the audit's moves end at v0001
+    registry.write_text(json.dumps(document))
+    report = verify_store(store)
+    assert [p.where for p in report.problems] == [f"registry.json ({NAME})"]
+    assert "the audit's moves end at v0001" in report.problems[0].message

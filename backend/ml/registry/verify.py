@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from backend.ml.fleet.specs import MODEL_NAMES
-from backend.ml.registry.aliases import entry_mac, first_prev, line_hash
+from backend.ml.registry.aliases import entry_mac, first_prev, line_hash, replay
 from backend.ml.registry.signing import Signer
 from backend.ml.registry.store import ModelStore, StoreError
 
@@ -128,9 +128,19 @@ def verify_chain(path: Path, signer: Signer) -> Report:
 
 
 def verify_store(store: ModelStore) -> Report:
-    """The audit chain, then every committed version of every model (signature, then the
-    model file's SHA-256)."""
+    """The audit chain, the registry's production versions against the audit replayed, then
+    every committed version of every model (signature, then the model file's SHA-256)."""
     report = verify_chain(store.book.audit_path, store.signer)
+    replayed = replay(store.book.audit())
+    for name in MODEL_NAMES:
+        # registry.json is not signed: a production alias the audit never moved there is
+        # an edit outside the service (or a lost tail of the audit).
+        expected = replayed[name].production if name in replayed else None
+        actual = store.aliases(name)["production"]
+        if actual != expected:
+            report.problems.append(Problem(
+                f"registry.json ({name})", f"says production is {actual}, but the audit's "
+                f"moves end at {expected}"))
     for name in MODEL_NAMES:
         for version in store.committed(name):
             report.versions += 1
