@@ -35,14 +35,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from backend.ml.fleet.specs import UnknownModelError
+from backend.ml.fsio import refused_write
 from backend.ml.registry.store import StoreError, UnknownVersionError
 from backend.ml.runs.progress import RunInProgressError
 
 logger = logging.getLogger("backend.app")
 MAX_REPORTED = 10
-# The disk is full, read-only or refuses us: the operator must act, the client can retry.
-STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES,
-                            errno.EPERM})
 
 
 def error_response(code: int, message: str, *, headers: Mapping[str, str] | None = None,
@@ -107,16 +105,9 @@ async def _unknown_model(request: Request, exc: Exception) -> JSONResponse:
 
 
 def storage_failure(exc: BaseException) -> OSError | None:
-    """The OSError of a full, read-only or forbidden disk that `exc` is or was caused by."""
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        if isinstance(current, OSError) and current.errno in STORAGE_ERRNOS:
-            return current
-        current = current.__cause__ or (None if current.__suppress_context__
-                                        else current.__context__)
-    return None
+    """The OSError of a full, read-only or forbidden disk that `exc` is or was caused by:
+    the operator must act, the client can retry (`fsio.refused_write`, as the CLI)."""
+    return refused_write(exc)
 
 
 def storage_response(exc: BaseException, cause: OSError) -> JSONResponse:

@@ -13,21 +13,22 @@ Each command imports what it uses inside its function, so a read-only command (`
 from __future__ import annotations
 
 import argparse
-import errno
 import json
 import logging
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
+from backend.ml.cli_progress import CheckPrinter, progress_printer
 from backend.ml.config import Settings, describe_invalid, get_settings
 from backend.ml.fleet.specs import MODEL_NAMES
+from backend.ml.fsio import causes, refused_write
 
 EXIT_FAILED_RUN = 1
 EXIT_USAGE = 2
@@ -45,10 +46,7 @@ USER_ERRORS = {
 }
 
 
-# A write the system refused: the disk (or quota) is full, or the place is not writable.
-REFUSED_WRITES = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES,
-                  errno.EPERM}
-# The same from SQLite (primary result codes): full, read-only, cannot open, I/O, permission.
+# A write SQLite refused (primary result codes): full, read-only, cannot open, I/O, permission.
 REFUSED_SQLITE = {13, 8, 14, 10, 3}
 # Warnings of a command (the log it cannot write), shown only when it succeeds: a failing
 # command's one line says what went wrong.
@@ -75,63 +73,6 @@ def _log_to_service_log(settings: Settings) -> None:
         configure_logging(settings.LOGS_DIR, console=False)
     except OSError as exc:
         _deferred_warnings.append(f"warning: not logging to {settings.LOGS_DIR}: {exc}")
-
-
-def _bar(done: int, total: int, width: int = 20) -> str:
-    filled = width * done // max(total, 1)
-    return "[" + "#" * filled + "-" * (width - filled) + "]"
-
-
-def _progress_printer(total: int, *, stream: Any = sys.stderr) -> Callable[[Any], None]:
-    """A per-model progress bar on a terminal; plain lines when piped."""
-    done = 0
-    started = time.perf_counter()
-
-    def report(result: Any) -> None:
-        nonlocal done
-        done += 1
-        if result.unchanged:
-            score, flag = "unchanged", "  (same data and parameters as production)"
-        else:
-            score = "failed" if not result.ok else f"{result.metric}={result.score:.3f}"
-            flag = "" if result.passed else "  BELOW THRESHOLD" if result.ok else \
-                f"  ({result.error})"
-        stream.write(f"{_bar(done, total)} {done:2d}/{total} {result.name:<24} {score}{flag} "
-                     f"({time.perf_counter() - started:.1f}s)\n")
-        stream.flush()
-
-    return report
-
-
-class _CheckPrinter:
-    """A check's progress on stderr: a bar line per model checked, one per retrain attempt,
-    and a backoff wait counting down in place on a terminal (one line when piped)."""
-
-    def __init__(self, stream: Any = sys.stderr) -> None:
-        self.stream = stream
-        self.live = stream.isatty()
-        self.waiting: tuple[str, int] | None = None  # the wait on show
-
-    def __call__(self, step: Any) -> None:
-        if step.kind == "waiting":
-            key = (step.model, step.attempt)
-            if self.live:
-                self.stream.write(f"\r{step.line()}\x1b[K")
-            elif key != self.waiting:
-                self.stream.write(step.line() + "\n")
-            self.waiting = key
-        else:
-            self.close()
-            bar = f"{_bar(step.done, step.total)} " if step.kind == "checked" else "  "
-            self.stream.write(bar + step.line() + "\n")
-        self.stream.flush()
-
-    def close(self) -> None:
-        """End a countdown line left on show."""
-        if self.waiting is not None and self.live:
-            self.stream.write("\n")
-            self.stream.flush()
-        self.waiting = None
 
 
 def cmd_init_db(args: argparse.Namespace, settings: Settings) -> int:
@@ -195,7 +136,7 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     runner = Runner(Services.from_settings(settings))
     show = sys.stderr.isatty() or not args.json
     summary = runner.run(trigger=args.trigger, models=names, actor="cli",
-                         on_result=_progress_printer(len(names)) if show else None)
+                         on_result=progress_printer(len(names)) if show else None)
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
@@ -373,7 +314,7 @@ def cmd_check(args: argparse.Namespace, settings: Settings) -> int:
     from backend.ml.runs.services import Services
 
     configure_logging(settings.LOGS_DIR, console=False)
-    printer = _CheckPrinter() if sys.stderr.isatty() or not args.json else None
+    printer = CheckPrinter() if sys.stderr.isatty() or not args.json else None
     try:
         entry = Monitor(Runner(Services.from_settings(settings)),
                         on_progress=printer).run_check()
@@ -586,7 +527,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def error_line(exc: BaseException, settings: Settings) -> str | None:
     """The one line for an error the user can act on, with the notes a run adds (whether
     it is on record); None for anything else, a bug, whose traceback is shown."""
-    refused = _refused_write(exc)
+    refused = refused_write(exc)
     if isinstance(exc, user_errors()):
         text = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
     elif refused is not None:
@@ -601,29 +542,8 @@ def error_line(exc: BaseException, settings: Settings) -> str | None:
     return " ".join("; ".join([text, *notes]).split())  # one line, whatever the texts hold
 
 
-def _causes(exc: BaseException) -> list[BaseException]:
-    """`exc` and what led to it (causes, contexts, a database driver's original error)."""
-    found: list[BaseException] = []
-    todo: list[BaseException | None] = [exc]
-    while todo:
-        current = todo.pop(0)
-        if current is None or any(current is seen for seen in found):
-            continue
-        found.append(current)
-        orig = getattr(current, "orig", None)
-        todo += [current.__cause__, current.__context__,
-                 orig if isinstance(orig, BaseException) else None]
-    return found
-
-
-def _refused_write(exc: BaseException) -> OSError | None:
-    """The write the system refused behind `exc`, the one naming its file if any."""
-    refused = [e for e in _causes(exc) if isinstance(e, OSError) and e.errno in REFUSED_WRITES]
-    return next((e for e in refused if e.filename), refused[0] if refused else None)
-
-
 def _refused_database_write(exc: BaseException, settings: Settings) -> str | None:
-    for cause in _causes(exc):
+    for cause in causes(exc):
         code = getattr(cause, "sqlite_errorcode", None)
         if isinstance(code, int) and code & 0xFF in REFUSED_SQLITE:
             from backend.ml.data.loading import describe_url, sqlite_path

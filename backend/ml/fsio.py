@@ -167,3 +167,31 @@ def lock_holder(path: Path) -> str | None:
             return _read_holder(handle) or "another process"
         fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
         return None
+
+
+# A write the system refused: the disk (or quota) is full, or the place is not writable.
+# The operator must act; the CLI says so in one line (exit 2) and the API answers 503.
+REFUSED_WRITES = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS,
+                            errno.EACCES, errno.EPERM})
+
+
+def causes(exc: BaseException) -> list[BaseException]:
+    """`exc` and what led to it (causes, contexts, a database driver's original error)."""
+    found: list[BaseException] = []
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        current = todo.pop(0)
+        if current is None or any(current is seen for seen in found):
+            continue
+        found.append(current)
+        orig = getattr(current, "orig", None)
+        todo += [current.__cause__, current.__context__,
+                 orig if isinstance(orig, BaseException) else None]
+    return found
+
+
+def refused_write(exc: BaseException) -> OSError | None:
+    """The write the system refused behind `exc`, the one naming its file if any."""
+    refused = [e for e in causes(exc) if isinstance(e, OSError) and e.errno in REFUSED_WRITES]
+    return next((e for e in refused if e.filename), refused[0] if refused else None)
+

@@ -8,7 +8,7 @@ import threading
 import time
 from pathlib import Path
 
-from backend.ml.cli import _CheckPrinter
+from backend.ml.cli_progress import CheckPrinter
 from backend.ml.config import Settings
 from backend.ml.monitoring.check import CheckStep, Monitor
 from backend.ml.runs.runner import Runner
@@ -52,7 +52,7 @@ def test_piped_one_line_per_wait_on_a_terminal_a_countdown(tmp_path: Path) -> No
              CheckStep("retraining", "delay_prediction", attempt=2, attempts=3,
                        strategy="recency_weighted")]
     piped = io.StringIO()
-    printer = _CheckPrinter(piped)
+    printer = CheckPrinter(piped)
     for step in steps:
         printer(step)
     printer.close()
@@ -64,7 +64,7 @@ def test_piped_one_line_per_wait_on_a_terminal_a_countdown(tmp_path: Path) -> No
                          "  retraining delay_prediction: attempt 2 of 3 (recency_weighted)"]
 
     terminal = Terminal()
-    printer = _CheckPrinter(terminal)
+    printer = CheckPrinter(terminal)
     for step in steps[2:5]:
         printer(step)
     printer.close()
