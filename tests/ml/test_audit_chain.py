@@ -232,3 +232,19 @@ def test_a_registry_alias_the_audit_never_moved_is_named(store: ModelStore) -> N
     report = verify_store(store)
     assert [p.where for p in report.problems] == [f"registry.json ({NAME})"]
     assert "the audit's moves end at v0001" in report.problems[0].message
+
+
+def test_the_parsed_audit_follows_appends_and_edits(store: ModelStore) -> None:
+    """`at=` reads a cached parse of the audit: an append is seen, and so is an edit that
+    keeps the file's size (the cache checks the bytes it parsed before reusing them)."""
+    assert store.production_at(NAME, T3)["to"] == "v0001"  # parsed and cached
+    later = T3 + timedelta(hours=1)
+    with time_machine.travel(later, tick=False):
+        store.promote(NAME, "v0002", reason="again", actor="cli")
+    assert store.production_at(NAME, later)["to"] == "v0002"  # the appended line
+    assert [m["reason"] for m in store.audit(name=NAME)][:2] == ["again", "bad week"]
+    lines = audit_lines(store)
+    lines[0] = lines[0].replace('"reason": "first"', '"reason": "FIRST"')
+    write_lines(store, lines)  # same size, new bytes
+    assert store.audit(name=NAME)[-1]["reason"] == "FIRST"
+    assert not verify_chain(store.book.audit_path, store.signer).ok

@@ -38,6 +38,7 @@ import logging
 import os
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -143,8 +144,10 @@ def serving_at(moves: Iterable[AliasMove], name: str, at: datetime) -> AliasMove
     or before it, in the audit's order); None before its first promotion."""
     found = None
     for move in moves:
+        if move.model != name:
+            continue
         moment = parse_time(move.at)
-        if move.model == name and moment is not None and moment <= at:
+        if moment is not None and moment <= at:
             found = move
     return found
 
@@ -158,6 +161,31 @@ def replay(moves: Iterable[AliasMove], versioning: bool = True) -> dict[str, Mod
             slot.previous = slot.production if versioning else None
             slot.production = move.to
     return models
+
+
+def _parse_moves(data: bytes) -> list[AliasMove]:
+    """The moves in audit lines, chain fields stripped; a damaged line is skipped."""
+    moves = []
+    for line in data.splitlines():
+        with contextlib.suppress(ValueError):
+            entry = json.loads(line)
+            if isinstance(entry, dict):
+                for key in CHAIN_FIELDS:
+                    entry.pop(key, None)
+            moves.append(AliasMove.model_validate(entry))
+    return moves
+
+
+@dataclass(frozen=True)
+class _ParsedAudit:
+    """audit.jsonl as last parsed: its stat key, the length and SHA-256 of its whole lines,
+    their moves, and the moves of a torn last line (normally none)."""
+
+    key: tuple[int, int, int, int]
+    size: int
+    digest: bytes
+    moves: list[AliasMove]
+    torn_tail: list[AliasMove]
 
 
 class AliasBook:
@@ -178,6 +206,7 @@ class AliasBook:
         self._numbers = numbers
         self._model_names = model_names
         self._signer = signer
+        self._parsed: _ParsedAudit | None = None
         self.file = StateFile(self.models_dir / "registry.json", Registry, empty=Registry,
                               rebuild=self._rebuild, rebuilt_description=self._describe,
                               on_recover=on_recover, lock_path=self.models_dir / ".registry.lock",
@@ -212,20 +241,36 @@ class AliasBook:
         return [*self.read().audit, *self._logged_moves()]
 
     def _logged_moves(self) -> list[AliasMove]:
-        """The moves in audit.jsonl (a torn or damaged line is skipped)."""
+        """The moves in audit.jsonl (a torn or damaged line is skipped).
+
+        Ten years of nightly moves are some 64,000 lines, too many to parse for every `at=`
+        lookup, so the parsed whole lines are kept while the file's identity, size and
+        mtime stay the same. The file only grows: when it has, and the bytes read before
+        are unchanged (their SHA-256), only the new lines are parsed. Anything else parses
+        it all again. `verify` reads the file itself, never this cache."""
         try:
-            lines = self.audit_path.read_bytes().splitlines()
+            stat = self.audit_path.stat()
         except FileNotFoundError:
             return []
-        moves = []
-        for line in lines:
-            with contextlib.suppress(ValueError):
-                entry = json.loads(line)
-                if isinstance(entry, dict):
-                    for key in CHAIN_FIELDS:
-                        entry.pop(key, None)
-                moves.append(AliasMove.model_validate(entry))
-        return moves
+        key = (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns)
+        cached = self._parsed
+        if cached is not None and cached.key == key:
+            return [*cached.moves, *cached.torn_tail]
+        try:
+            data = self.audit_path.read_bytes()
+        except FileNotFoundError:
+            return []
+        whole = data.rfind(b"\n") + 1  # a torn last line is parsed each time, not kept
+        moves: list[AliasMove] = []
+        start = 0
+        if (cached is not None and cached.size <= whole
+                and hashlib.sha256(data[:cached.size]).digest() == cached.digest):
+            moves, start = list(cached.moves), cached.size
+        moves += _parse_moves(data[start:whole])
+        tail = _parse_moves(data[whole:])
+        self._parsed = _ParsedAudit((stat.st_dev, stat.st_ino, len(data), stat.st_mtime_ns),
+                                    whole, hashlib.sha256(data[:whole]).digest(), moves, tail)
+        return [*moves, *tail]
 
     def _append(self, moves: Iterable[AliasMove]) -> None:
         """(Lock held.) Append moves as chained, signed lines and fsync them."""

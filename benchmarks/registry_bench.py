@@ -1,0 +1,203 @@
+"""What defending a promotion costs: the gate for the 17, and the audit over ten years.
+
+gate   generates the default world (730 days) in a temporary folder, trains and promotes the
+       17, simulates two more weeks, trains candidates on them, then times the gate for each
+       candidate as a run does it (`promote.compare_on_holdout`: production re-scored on the
+       candidate's holdout, the paired bootstrap with `--resamples`, the slices), and the
+       second cycle's fits for scale. Prints each model's decision, interval and worst slice.
+audit  writes ten years of nightly alias moves for the 17 (with a rollback a month) through
+       the store's own audit writer, then times `verify_chain` over all of it and the
+       `production_at` lookup (`at=`) at random instants (p50/p99).
+
+    PYTHONPATH=. .venv/bin/python benchmarks/registry_bench.py [gate] [audit] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import secrets
+import statistics
+import sys
+import tempfile
+import time
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from backend.ml.config import Settings
+from backend.ml.data import loading, synthetic
+from backend.ml.fleet import specs
+from backend.ml.history import History
+from backend.ml.registry.aliases import AliasMove
+from backend.ml.registry.promotion import promotion_decision
+from backend.ml.registry.signing import signer_from_file
+from backend.ml.registry.store import ModelStore
+from backend.ml.registry.verify import verify_chain
+from backend.ml.runs.promote import compare_on_holdout
+from backend.ml.runs.services import Services
+from backend.ml.training import trainer
+
+YEARS = 10
+
+
+def settings_for(root: Path, resamples: int) -> Settings:
+    key = root / "model_signing.key"
+    if not key.exists():
+        key.write_text(secrets.token_hex(32))
+        key.chmod(0o600)
+    return Settings(DATABASE_URL=f"sqlite:///{root / 'bench.db'}", MODELS_DIR=root / "models",
+                    LOGS_DIR=root / "logs", MODEL_SIGNING_KEY_FILE=key,
+                    PROMOTION_BOOTSTRAP_RESAMPLES=resamples)
+
+
+def fleet_results(settings: Settings) -> tuple[list[trainer.TrainResult], dict[str, Any], float]:
+    tables = trainer.load_tables(loading.readonly_engine(settings.DATABASE_URL),
+                                 specs.SPECS.values())
+    thresholds = {s.name: settings.threshold_for(s) for s in specs.SPECS.values()}
+    started = time.perf_counter()
+    results = list(trainer.train_many(list(specs.SPECS.values()), tables,
+                                      thresholds=thresholds, n_jobs=2))
+    return results, tables, time.perf_counter() - started
+
+
+def bench_gate(root: Path, resamples: int) -> dict[str, Any]:
+    settings = settings_for(root, resamples)
+    engine = loading.writable_engine(settings.DATABASE_URL)
+    synthetic.init_db(engine, days=730, end=date(2026, 10, 31), seed=42)
+    services = Services(settings, History(settings.history_file),
+                        store=ModelStore(settings.MODELS_DIR,
+                                         signer=signer_from_file(settings.MODEL_SIGNING_KEY_FILE)))
+    first, _, _ = fleet_results(settings)
+    for result in first:
+        if result.ok:
+            meta = services.store.save(result, run_id="bench-1")
+            services.store.promote(result.name, meta["version"], reason="benchmark",
+                                   actor="cli")
+    synthetic.simulate(engine, days=14, seed=7)
+    candidates, tables, fit_seconds = fleet_results(settings)
+    rows, gate_seconds = [], 0.0
+    for result in candidates:
+        if not result.ok:
+            rows.append({"model": result.name, "error": result.error})
+            continue
+        started = time.perf_counter()
+        production, interval, worst = compare_on_holdout(services, result, tables)
+        verdict = promotion_decision(
+            candidate_score=float(result.score or 0.0), candidate_passed=result.passed,
+            production_score_on_same_holdout=production,
+            tolerance=settings.PROMOTION_TOLERANCE, threshold=result.threshold,
+            interval=interval, worst_slice=worst, slice_limit=settings.PROMOTION_SLICE_LIMIT)
+        seconds = time.perf_counter() - started
+        gate_seconds += seconds
+        rows.append({"model": result.name, "metric": result.metric,
+                     "holdout_rows": result.rows_holdout, "gate_s": round(seconds, 3),
+                     "promote": verdict.promote,
+                     "interval": None if interval is None else interval.describe(),
+                     "worst_slice": None if worst is None else worst.describe(),
+                     "reason": verdict.reason})
+    return {"resamples": resamples, "models": rows, "gate_s": round(gate_seconds, 2),
+            "cycle_fit_s": round(fit_seconds, 2),
+            "gate_share": round(gate_seconds / fit_seconds, 3)}
+
+
+def write_audit(store: ModelStore, years: int) -> int:
+    """Nightly promotions of the 17 for `years`, a rollback per model each month, written
+    through the store's audit writer (one signed, chained append per night)."""
+    book = store.book
+    start = datetime(2016, 1, 1, 2, 0, tzinfo=UTC)
+    moves = 0
+    number = dict.fromkeys(specs.MODEL_NAMES, 0)
+    for day in range(365 * years):
+        at = start + timedelta(days=day)
+        night = []
+        for i, name in enumerate(specs.MODEL_NAMES):
+            number[name] += 1
+            old = f"v{number[name] - 1:04d}" if number[name] > 1 else None
+            night.append(AliasMove(at=(at + timedelta(seconds=i)).isoformat(), model=name,
+                                   **{"from": old}, to=f"v{number[name]:04d}",
+                                   action="promote", reason="nightly", actor="scheduler"))
+            if day % 30 == 29 and old is not None:
+                night.append(AliasMove(at=(at + timedelta(hours=8, seconds=i)).isoformat(),
+                                       model=name, **{"from": f"v{number[name]:04d}"}, to=old,
+                                       action="rollback", reason="on request", actor="api"))
+        with book.update():
+            book.record(night)
+        moves += len(night)
+    return moves
+
+
+def bench_audit(root: Path) -> dict[str, Any]:
+    settings = settings_for(root, 0)
+    signer = signer_from_file(settings.MODEL_SIGNING_KEY_FILE)
+    store = ModelStore(settings.MODELS_DIR, signer=signer)
+    started = time.perf_counter()
+    moves = write_audit(store, YEARS)
+    write_s = time.perf_counter() - started
+    started = time.perf_counter()
+    report = verify_chain(store.book.audit_path, signer)
+    verify_s = time.perf_counter() - started
+    rng = random.Random(0)
+    span = YEARS * 365 * 86400
+    lookups = []
+    for _ in range(200):
+        at = datetime(2016, 1, 1, tzinfo=UTC) + timedelta(seconds=rng.uniform(0, span))
+        name = rng.choice(specs.MODEL_NAMES)
+        started = time.perf_counter()
+        store.production_at(name, at)
+        lookups.append(time.perf_counter() - started)
+    lookups.sort()
+    return {"years": YEARS, "moves": moves, "ok": report.ok, "entries": report.entries,
+            "audit_mb": round(os.path.getsize(store.book.audit_path) / 2**20, 1),
+            "write_s": round(write_s, 1), "verify_s": round(verify_s, 2),
+            "at_p50_ms": round(statistics.median(lookups) * 1000, 1),
+            "at_p99_ms": round(lookups[int(len(lookups) * 0.99) - 1] * 1000, 1)}
+
+
+def print_gate(report: dict[str, Any]) -> None:
+    print(f"gate, {report['resamples']} resamples; default world (730 days + 14 simulated)")
+    print(f"{'model':<26}{'rows':>7}{'gate s':>8}  decision  interval / worst slice")
+    for r in report["models"]:
+        if "error" in r:
+            print(f"{r['model']:<26} failed: {r['error']}")
+            continue
+        decision = "promote" if r["promote"] else "hold"
+        print(f"{r['model']:<26}{r['holdout_rows']:>7}{r['gate_s']:>8.3f}  {decision:<8}  "
+              f"{r['interval'] or '-'}; worst slice: {r['worst_slice'] or '-'}")
+    print(f"gate for the 17: {report['gate_s']:.2f} s; the cycle's fits: "
+          f"{report['cycle_fit_s']:.1f} s; gate / fits = {report['gate_share']:.1%} "
+          f"(target <= 10%)")
+
+
+def print_audit(report: dict[str, Any]) -> None:
+    print(f"audit: {report['years']} years, {report['moves']:,} moves, "
+          f"{report['audit_mb']} MB (written in {report['write_s']} s); chain ok: "
+          f"{report['ok']} ({report['entries']:,} entries)")
+    print(f"verify_chain {report['verify_s']:.2f} s; production_at (at=) p50 "
+          f"{report['at_p50_ms']} ms, p99 {report['at_p99_ms']} ms")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("parts", nargs="*", choices=["gate", "audit"], default=[])
+    parser.add_argument("--resamples", type=int, default=1000)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    parts = args.parts or ["gate", "audit"]
+    out: dict[str, Any] = {}
+    for part in parts:
+        with tempfile.TemporaryDirectory() as tmp:
+            out[part] = (bench_gate(Path(tmp), args.resamples) if part == "gate"
+                         else bench_audit(Path(tmp)))
+        if not args.json:
+            (print_gate if part == "gate" else print_audit)(out[part])
+    if args.json:
+        json.dump(out, sys.stdout, indent=2)
+        print()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
