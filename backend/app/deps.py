@@ -21,6 +21,7 @@ from pydantic import BeforeValidator
 from sklearn.pipeline import Pipeline
 
 from backend.app.errors import validation_error
+from backend.app.shadow import ShadowScorer
 from backend.ml.config import Settings
 from backend.ml.fleet import specs
 from backend.ml.fleet.specs import MODEL_NAMES, ModelSpec, UnknownModelError
@@ -92,11 +93,18 @@ def get_estimators(request: Request) -> EstimatorCache:
     return cache
 
 
+def get_shadow(request: Request) -> ShadowScorer | None:
+    """The candidate shadow scorer, None unless SHADOW_CANDIDATES is on."""
+    scorer: ShadowScorer | None = request.app.state.shadow
+    return scorer
+
+
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 ServicesDep = Annotated[Services, Depends(get_services)]
 RunnerDep = Annotated[Runner, Depends(get_runner)]
 SchedulerDep = Annotated[Scheduler | None, Depends(get_scheduler)]
 EstimatorsDep = Annotated[EstimatorCache, Depends(get_estimators)]
+ShadowDep = Annotated[ShadowScorer | None, Depends(get_shadow)]
 
 bearer = HTTPBearer(auto_error=False, description="`Authorization: Bearer <ML_API_KEY>`; "
                     "required by trigger and rollback when ML_API_KEY is set.")

@@ -29,6 +29,7 @@ from backend.app.deps import EstimatorCache, Scheduler
 from backend.app.routes import api_router
 from backend.app.routes.dashboard import STATIC_DIR
 from backend.app.schemas import error_responses
+from backend.app.shadow import start_shadow, stop_shadow
 from backend.ml.config import Settings, describe_invalid, get_settings
 from backend.ml.data.loading import describe_url
 from backend.ml.fleet.specs import SPECS
@@ -125,6 +126,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.runner = runner
     app.state.scheduler = scheduler
     app.state.estimators = EstimatorCache()
+    app.state.shadow = start_shadow(settings, services)  # a scoring thread, or None
     logger.info("API ready: models %s, logs %s (%s), database %s, scheduler %s",
                 settings.MODELS_DIR, settings.LOGS_DIR, log_file.name,
                 describe_url(settings.DATABASE_URL),
@@ -134,6 +136,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     finally:
         if scheduler is not None:
             await to_thread.run_sync(scheduler.stop)
+        await to_thread.run_sync(stop_shadow, app.state.shadow)
         runner.close()  # its spare worker; a run in progress goes on
         current = runner.current()
         if current is not None:

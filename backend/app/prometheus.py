@@ -6,8 +6,9 @@ number here is read, when scraped, from what all processes share: the model regi
 version metadata (JSON), the training history (with its archived totals, so counters do
 not go down when old entries are archived), the monitor's state, the alert cooldown (its
 count of suppressed alerts) and the training lock.
-Any worker answers the same numbers, except `ml_scheduler_lease_held`, which is about the
-process answering.
+Any worker answers the same numbers, except `ml_scheduler_lease_held` and the `ml_shadow_*`
+families (shadow scoring of candidates, counted in memory), which are about the process
+answering.
 
 Deliberately not done: no model is unpickled and the database is never opened, so a
 scrape stays cheap however often it comes.
@@ -27,6 +28,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from backend.app.deps import Scheduler
+from backend.app.shadow import ShadowScorer
 from backend.ml.alerts.service import suppressed_counts
 from backend.ml.config import Settings
 from backend.ml.fleet import specs
@@ -48,6 +50,16 @@ from backend.ml.runs.services import Services
 DURATION_BUCKETS = (5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200)
 MODEL_LABELS = ("model", "group")
 NAN = float("nan")
+SHADOW_LABELS = (*MODEL_LABELS, "candidate")
+SHADOW_COUNTERS = {  # summary key -> help; counted since this process started
+    "batches": "Batches the shadow scorer took from its queue (compared, skipped, timed "
+               "out or failed)",
+    "dropped": "Batches not shadowed because the queue was full",
+    "timeouts": "Batches whose candidate scoring exceeded SHADOW_TIMEOUT_SECONDS "
+                "(result discarded)",
+    "errors": "Batches the candidate failed to load or score",
+    "skipped": "Batches with no candidate newer than production to compare",
+}
 
 
 def duration_buckets(durations: dict[int, int]) -> list[tuple[str, float]]:
@@ -58,20 +70,22 @@ def duration_buckets(durations: dict[int, int]) -> list[tuple[str, float]]:
 
 
 class FleetCollector(Collector):
-    """Collects the `ml_*` families from one app's settings, services, runner and
-    scheduler (None when this process runs none)."""
+    """Collects the `ml_*` families from one app's settings, services, runner, scheduler
+    and shadow scorer (each of the last two None when this process runs none)."""
 
     def __init__(self, settings: Settings, services: Services, runner: Runner,
-                 scheduler: Scheduler | None) -> None:
+                 scheduler: Scheduler | None, shadow: ShadowScorer | None = None) -> None:
         self.settings = settings
         self.services = services
         self.runner = runner
         self.scheduler = scheduler
+        self.shadow = shadow
 
     def collect(self) -> Iterator[Metric]:
         yield from self._models()
         yield from self._history()
         yield from self._process()
+        yield from self._shadow()
 
     def _models(self) -> Iterator[Metric]:
         """Per model, from the core's one health function (as GET /ml/models, the dashboard
@@ -162,6 +176,47 @@ class FleetCollector(Collector):
         yield GaugeMetricFamily("ml_training_in_progress", "1 while a training run holds "
                                 "the training lock (any process), else 0",
                                 value=float(running is not None))
+
+    def _shadow(self) -> Iterator[Metric]:
+        """Shadow scoring of candidates (backend/app/shadow.py): counts kept in this
+        process's memory, unlike everything above, so each uvicorn worker reports the share
+        of requests it answered, from zero at its start. Off: `ml_shadow_enabled` 0 only."""
+        scorer = self.shadow
+        yield GaugeMetricFamily("ml_shadow_enabled", "1 if this process scores candidates "
+                                "in the shadow of predict (SHADOW_CANDIDATES), else 0",
+                                value=float(scorer is not None))
+        if scorer is None:
+            return
+        yield GaugeMetricFamily("ml_shadow_queue_batches", "Batches waiting for the shadow "
+                                "scorer in this process", value=float(scorer.queue.qsize()))
+        counters = {key: CounterMetricFamily(f"ml_shadow_{key}", text, labels=MODEL_LABELS)
+                    for key, text in SHADOW_COUNTERS.items()}
+        # Labelled by candidate too: they restart from zero when a newer candidate appears.
+        compared = GaugeMetricFamily("ml_shadow_compared_rows", "Rows the current candidate "
+                                     "was compared on", labels=SHADOW_LABELS)
+        agreement = GaugeMetricFamily("ml_shadow_agreement", "Share of compared rows where "
+                                      "the candidate agrees with production (for an anomaly "
+                                      "detector without threshold: rank correlation)",
+                                      labels=SHADOW_LABELS)
+        difference = GaugeMetricFamily("ml_shadow_mean_abs_difference", "Regressors: mean "
+                                       "absolute difference between the candidate's and "
+                                       "production's values", labels=SHADOW_LABELS)
+        for name in scorer.names():
+            summary = scorer.summary(name)
+            if summary is None:
+                continue
+            labels = [name, specs.get_spec(name).group]
+            for key, family in counters.items():
+                family.add_metric(labels, summary[key])
+            if summary["candidate"] is None:
+                continue
+            with_candidate = [*labels, summary["candidate"]]
+            compared.add_metric(with_candidate, summary["compared"])
+            if summary["agreement"] is not None:
+                agreement.add_metric(with_candidate, summary["agreement"])
+            if summary.get("mean_abs_difference") is not None:
+                difference.add_metric(with_candidate, summary["mean_abs_difference"])
+        yield from (*counters.values(), compared, agreement, difference)
 
 
 def exposition(collector: Collector) -> bytes:

@@ -120,6 +120,17 @@ class Settings(BaseSettings):
     # fleet/examples.py). The registry reads the variable itself when first imported; this
     # field only refuses an unknown name at start-up.
     EXAMPLE_MODELS: str = ""
+    # Shadow scoring (backend/app/shadow.py): predict also offers each production answer to
+    # a background thread that scores the model's newest candidate on the same rows and
+    # counts how often the two agree. At most SHADOW_QUEUE_SIZE batches wait (more are
+    # dropped and counted); a batch scored slower than SHADOW_TIMEOUT_SECONDS is discarded
+    # and counted as a timeout. The candidate's scoring costs about what predict does, so
+    # SHADOW_SAMPLE_RATE below 1 offers only that share of the answers (chosen at random).
+    # Per process: each uvicorn worker reports its own.
+    SHADOW_CANDIDATES: bool = False
+    SHADOW_QUEUE_SIZE: int = Field(100, ge=1, le=10_000)
+    SHADOW_TIMEOUT_SECONDS: float = Field(5.0, gt=0.0, le=600.0)
+    SHADOW_SAMPLE_RATE: float = Field(1.0, gt=0.0, le=1.0)
 
     @field_validator("DATABASE_URL")
     @classmethod

@@ -51,8 +51,11 @@ def test_docs_and_openapi_document_every_route(shared_client: TestClient) -> Non
                 ("get", "/ml/models/{name}/versions"), ("get", "/ml/models/{name}/timeline"),
                 ("get", "/ml/models/{name}/production"), ("post", "/ml/models/{name}/rollback"),
                 ("post", "/ml/models/{name}/predict"), ("get", "/ml/alerts"), ("get", "/health")}
+    card = ("get", "/ml/models/{name}/versions/{version}/card")  # a page, not the envelope
     found = {(method, path) for path, ops in spec["paths"].items() for method in ops}
-    assert found == expected
+    assert found == expected | {card}
+    assert set(spec["paths"][card[1]]["get"]["responses"]["200"]["content"]) == {
+        "text/html", "text/markdown"}
     for method, path in expected:
         responses = spec["paths"][path][method]["responses"]
         success = [code for code in responses if code.startswith("2")]

@@ -13,7 +13,7 @@ import pytest
 import time_machine
 from sklearn.pipeline import Pipeline
 
-from backend.ml import cli
+from backend.ml import cli, cli_registry
 from backend.ml.config import Settings
 from backend.ml.registry.aliases import GENESIS, AliasMove, first_prev, line_hash, replay
 from backend.ml.registry.signing import signer_for
@@ -159,22 +159,22 @@ def test_a_torn_last_line_is_cut_before_the_next_entry(store: ModelStore) -> Non
 
 def test_cli_verify_and_models_at(store: ModelStore, settings: Settings,
                                   capsys: pytest.CaptureFixture[str]) -> None:
-    assert cli.cmd_verify(argparse.Namespace(), settings) == 0
+    assert cli_registry.cmd_verify(argparse.Namespace(), settings) == 0
     assert "all well" in capsys.readouterr().out
 
     args = argparse.Namespace(at=(T2 + timedelta(minutes=1)).isoformat(), json=False)
-    assert cli.cmd_models(args, settings) == 0
+    assert cli_registry.cmd_models(args, settings) == 0
     out = capsys.readouterr().out
     assert any(line.split()[:2] == [NAME, "v0002"] for line in out.splitlines())
     with pytest.raises(cli.CommandError, match="before the first promotion"):
-        cli.cmd_models(argparse.Namespace(at="2020-01-01T00:00:00Z", json=False), settings)
+        cli_registry.cmd_models(argparse.Namespace(at="2020-01-01T00:00:00Z", json=False), settings)
     with pytest.raises(cli.CommandError, match="offset"):
-        cli.cmd_models(argparse.Namespace(at="2026-03-03T00:00:00", json=False), settings)
+        cli_registry.cmd_models(argparse.Namespace(at="2026-03-03T00:00:00", json=False), settings)
 
     lines = audit_lines(store)
     lines[0] = lines[0].replace('"first"', '"second"')
     write_lines(store, lines)
-    assert cli.cmd_verify(argparse.Namespace(), settings) == cli.EXIT_FAILED_RUN
+    assert cli_registry.cmd_verify(argparse.Namespace(), settings) == cli.EXIT_FAILED_RUN
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith(f"audit.jsonl line 1 ({NAME} promote at {T1.isoformat()})")
     assert out[-1].startswith("2 problem(s)")  # its mac, and the next line's prev

@@ -143,7 +143,11 @@
       : 'threshold ' + num(m.threshold, 2) + ' ' + m.metric;
     var decided = gate(versions);
     var version = m.production_version
-      ? h('span', {}, m.production_version + ' \u00b7 trained ', Dash.timeNode(m.trained_at))
+      ? h('span', {}, m.production_version + ' \u00b7 trained ', Dash.timeNode(m.trained_at),
+        ' \u00b7 ', h('a', {
+          class: 'card-link', href: '/ml/models/' + encodeURIComponent(m.name) + '/versions/'
+            + encodeURIComponent(m.production_version) + '/card'
+        }, 'card'))
       : (m.error ? 'unreadable: ' + m.error : 'none yet');
     fill.apply(null, [card.facts].concat(
       Dash.fact('Version', version), Dash.fact('Score', score),

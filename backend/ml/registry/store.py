@@ -68,7 +68,7 @@ AlertFn = Callable[[str, str, str], None]  # (level, kind, message)
 RESULT_FIELDS = ("group", "metric", "score", "baseline", "threshold", "passed", "strategy",
                  "params", "data_start", "data_end", "holdout_start", "rows_train",
                  "rows_holdout", "fit_seconds", "duration_seconds", "feature_stats", "lift",
-                 "data_fingerprint")
+                 "data_fingerprint", "training_data", "model_hash")
 
 
 class StoreError(Exception):

@@ -15,7 +15,10 @@ Every result carries its data fingerprint (`data_fingerprint`): a hash of the ta
 time window, the row count and content of the labelled rows, the fit's options and the
 spec's estimator with its parameters. Given production's fingerprint, `train_one` returns
 a result with status "unchanged", without fitting, when the two are equal: the same fit
-on the same rows would only make an identical version.
+on the same rows would only make an identical version. A fit also carries `training_data`
+(window, rows, content hashes, the options and parameters it followed) and `model_hash`,
+the fitted estimator's hash, so `replay` can make it again and tell whether it is the same
+(fingerprint.py owns all three).
 
 `train_one` is a module-level, picklable function that computes and returns; it never
 writes. `train_many` fans it out with joblib; the caller picks the backend (loky on this
@@ -26,8 +29,6 @@ its result and never stops the others.
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import logging
 import time
 import traceback
@@ -46,6 +47,8 @@ from backend.ml.data import loading, schema
 from backend.ml.fleet import estimators
 from backend.ml.fleet.scoring import get_metric, passes
 from backend.ml.fleet.specs import ModelSpec
+from backend.ml.training import fingerprint
+from backend.ml.training.fingerprint import data_fingerprint
 
 logger = logging.getLogger(__name__)
 
@@ -108,6 +111,8 @@ class TrainResult:
     params: dict[str, Any] = field(default_factory=dict)
     feature_stats: dict[str, Any] = field(default_factory=dict)
     data_fingerprint: str | None = None
+    training_data: dict[str, Any] = field(default_factory=dict)  # fingerprint.training_data
+    model_hash: str | None = None  # fingerprint.model_hash of the fitted estimator
     estimator: Pipeline | None = field(default=None, repr=False)
 
     @property
@@ -238,58 +243,6 @@ def reference_stats(spec: ModelSpec, X: pd.DataFrame, bins: int = 10) -> dict[st
     return stats
 
 
-def _plain(value: Any) -> Any:
-    """A parameter value as JSON: numbers and text as they are, containers item by item,
-    anything else (an estimator, a function) by its type's or its own qualified name."""
-    if isinstance(value, (bool, int, float, str, type(None))):
-        return value
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return _plain(value.tolist())
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    named = value if callable(value) and hasattr(value, "__qualname__") else type(value)
-    return f"{getattr(named, '__module__', '')}.{getattr(named, '__qualname__', named)}"
-
-
-def estimator_description(spec: ModelSpec, params: Mapping[str, Any]) -> dict[str, Any]:
-    """What a fit of `spec` with `params` is: its columns, task and metric, the classes of
-    its Pipeline's steps and every parameter of every step, and the scikit-learn release."""
-    import sklearn
-
-    pipeline = spec.make_estimator(**params)
-    steps = {name: _plain(step) for name, step in pipeline.steps}
-    deep = {key: _plain(value) for key, value in pipeline.get_params(deep=True).items()
-            if key not in ("steps", *steps)}
-    return {"features": list(spec.features), "target": spec.target, "task": spec.task,
-            "metric": spec.metric, "steps": steps, "params": deep,
-            "scikit-learn": sklearn.__version__}
-
-
-def data_fingerprint(spec: ModelSpec, labelled: pd.DataFrame, options: TrainOptions) -> str:
-    """The fingerprint of a fit before it is made (hex SHA-256): the spec's table, the time
-    window, row count and content of its labelled, prepared rows (features, target, time),
-    the fit's options and the estimator's description. Equal fingerprints make the same
-    fit: every estimator is seeded."""
-    tcol = schema.time_column(spec.table)
-    columns = list(dict.fromkeys([tcol, *spec.features, spec.target]))
-    rows = pd.util.hash_pandas_object(labelled[columns], index=False).to_numpy()
-    times = labelled[tcol]
-    described = {
-        "table": spec.table, "rows": len(labelled), "columns": columns,
-        "window": [None if times.empty else times.min().isoformat(),
-                   None if times.empty else times.max().isoformat()],
-        "content": hashlib.sha256(rows.tobytes()).hexdigest(),
-        "options": _plain(asdict(options)),
-        "estimator": estimator_description(spec, options.params),
-    }
-    payload = json.dumps(described, sort_keys=True, default=str).encode()
-    return hashlib.sha256(payload).hexdigest()
-
-
 def _sample_weight(times: pd.Series, half_life_days: float) -> np.ndarray:
     age = (times.max() - times).dt.total_seconds().to_numpy() / 86400
     return np.asarray(0.5 ** (age / half_life_days))
@@ -385,6 +338,7 @@ def train_one(spec: ModelSpec, table: pd.DataFrame, *, threshold: float,
                   else dict(options.params))
         fit_started = time.perf_counter()
         estimator = _fit(spec, train, options, params)
+        result.model_hash = fingerprint.model_hash(estimator)  # what was learnt, nothing more
         result.score = round(evaluate(spec, estimator, holdout), 6)
         result.fit_seconds = round(time.perf_counter() - fit_started, 4)
         result.baseline = round(baseline_score(spec, train, holdout), 6)
@@ -393,6 +347,7 @@ def train_one(spec: ModelSpec, table: pd.DataFrame, *, threshold: float,
         result.params = {k: v for k, v in estimator[-1].get_params().items()
                          if isinstance(v, (int, float, str, bool, type(None)))}
         result.feature_stats = reference_stats(spec, train[list(spec.features)])
+        result.training_data = fingerprint.training_data(spec, labelled, options, params)
         result.estimator = estimator
         result.status = OK
     except TrainingError as exc:

@@ -1,8 +1,13 @@
 """Drift scenarios: named changes to the world that a model trained on history has not seen.
 
-Each one moves a context variable into a range the history never saw, where the outcome
-behaves differently; retraining on data that includes those rows recovers the models it
-targets. The generators that a scenario changes check for it by name, and draw what it
+Each of the first four moves a context variable into a range the history never saw, where
+the outcome behaves differently; retraining on data that includes those rows recovers the
+models it targets. `port_export_push` is the other kind, covariate shift: the mix of inputs
+moves (more long hauls to the ports) while every outcome follows from its inputs by the same
+rules, so it is built to hurt no model; it is what performance estimation without labels
+(backend/ml/monitoring/estimate.py) is meant to see through.
+
+The generators that a scenario changes check for it by name, and draw what it
 changes from the context's own scenario stream: the same days with and without a scenario
 hold the same shipments, so its effect on each model is measured on the same rows.
 """
@@ -45,6 +50,9 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in [
               "customer_satisfaction")),
     Scenario("sensor_recalibration", "vibration sensors are re-fitted and now report in/s "
              "instead of mm/s", ("predictive_maintenance",), ("predictive_maintenance",)),
+    Scenario("port_export_push", "an export contract sends a quarter of the consignments to the "
+             "ports (Visakhapatnam, Haldia, Kolkata): longer hauls and more rakes, within "
+             "the ranges on record; the outcome rules do not change", (), ()),
 ]}
 
 

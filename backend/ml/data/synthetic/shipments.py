@@ -28,6 +28,10 @@ ROAD_VEHICLES = ["TRUCK_16T", "TRAILER_28T"]
 PREFERRED_LP = {"HR_COIL": "LP1", "CR_COIL": "LP1", "PLATE": "LP2", "TMT_BAR": "LP2",
                 "WIRE_ROD": "LP3", "BILLET": "LP3", "PIG_IRON": "WT"}
 RAIL_TRANSPORTER = "Indian Railways (ECR)"
+# port_export_push: the share of consignments the export contract sends to the ports.
+PORT_SHARE = 0.25
+PORTS = ["Visakhapatnam", "Haldia", "Kolkata"]
+PORT_WEIGHTS = [0.5, 0.3, 0.2]
 
 
 def make_shipments(ctx: DayContext, world: World, rng: np.random.Generator,
@@ -46,6 +50,12 @@ def make_shipments(ctx: DayContext, world: World, rng: np.random.Generator,
     dest_names = np.array(list(DESTINATIONS))
     destination = np.where(rng.random(n) < 0.7, cust.home.to_numpy()[ci],
                            rng.choice(dest_names, n))
+    if ctx.scenario is not None and ctx.scenario.name == "port_export_push":
+        # Only the destination moves; everything drawn after it still comes from the calm
+        # stream, so the same days hold the same shipments sent elsewhere.
+        drift = ctx.drift_draws()
+        destination = np.where(drift.random(n) < PORT_SHARE,
+                               drift.choice(PORTS, n, p=PORT_WEIGHTS), destination)
     info = pd.DataFrame.from_dict(DESTINATIONS, orient="index",
                                   columns=["code", "km", "siding"]).loc[destination]
     base_km = info.km.to_numpy(dtype=float)
