@@ -265,6 +265,7 @@ def cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from backend.ml import cli_registry  # it imports this module's errors
+    from backend.ml.backtest.command import add_parser as add_backtest_parser
     from backend.ml.history.document import TRIGGERS
 
     parser = argparse.ArgumentParser(prog="python -m backend.ml",
@@ -335,6 +336,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma list: 'default' (the configured database) or shipment counts")
     p.add_argument("--one", help=argparse.SUPPRESS)  # internal: measure one size
     p.set_defaults(func=cmd_bench)
+
+    add_backtest_parser(sub)
     return parser
 
 

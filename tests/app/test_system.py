@@ -50,12 +50,16 @@ def test_docs_and_openapi_document_every_route(shared_client: TestClient) -> Non
                 ("get", "/ml/models"), ("get", "/ml/models/{name}"),
                 ("get", "/ml/models/{name}/versions"), ("get", "/ml/models/{name}/timeline"),
                 ("get", "/ml/models/{name}/production"), ("post", "/ml/models/{name}/rollback"),
-                ("post", "/ml/models/{name}/predict"), ("get", "/ml/alerts"), ("get", "/health")}
+                ("post", "/ml/models/{name}/predict"), ("get", "/ml/alerts"), ("get", "/health"),
+                ("get", "/ml/backtest"), ("get", "/ml/backtest/latest")}
     card = ("get", "/ml/models/{name}/versions/{version}/card")  # a page, not the envelope
+    chart = ("get", "/ml/backtest/latest.svg")  # an image
     found = {(method, path) for path, ops in spec["paths"].items() for method in ops}
-    assert found == expected | {card}
+    assert found == expected | {card, chart}
     assert set(spec["paths"][card[1]]["get"]["responses"]["200"]["content"]) == {
         "text/html", "text/markdown"}
+    assert set(spec["paths"][chart[1]]["get"]["responses"]["200"]["content"]) == {
+        "image/svg+xml"}
     for method, path in expected:
         responses = spec["paths"][path][method]["responses"]
         success = [code for code in responses if code.startswith("2")]

@@ -24,6 +24,7 @@ from backend.ml.training import trainer
 from tests.conftest import SMALL_END
 
 WEEKS = 10
+RULE_WEEKS = 4  # the outcome-rule scenarios are only tabled: fewer weeks keep it quick
 HISTORY_DAYS = 31
 SHIFT = "port_export_push"
 FIRST = SMALL_END + timedelta(days=1)
@@ -47,11 +48,11 @@ def estimators(small_tables: Mapping[str, pd.DataFrame],
     return fitted
 
 
-def fresh_world(small_tables: Mapping[str, pd.DataFrame],
-                scenario: str | None) -> dict[str, pd.DataFrame]:
-    """History plus WEEKS generated weeks after it; every label known (the test needs the
+def fresh_world(small_tables: Mapping[str, pd.DataFrame], scenario: str | None,
+                weeks: int = WEEKS) -> dict[str, pd.DataFrame]:
+    """History plus `weeks` generated weeks after it; every label known (the test needs the
     realised score), which the estimator never reads."""
-    days = WEEKS * 7
+    days = weeks * 7
     new = synthetic.generate(FIRST, days, seed=42, scenario=scenario,
                              labelled_until=FIRST + timedelta(days=days))
     # The history's last month is enough for every lag feature (`lookback_days`).
@@ -90,8 +91,8 @@ def shifted(small_tables: Mapping[str, pd.DataFrame], trained: dict[str, trainer
     return weekly_cases(fresh_world(small_tables, SHIFT), trained, estimators)
 
 
-def print_table(title: str, cases: Mapping[str, list[Case]]) -> None:
-    print(f"\n{title}: all {WEEKS} weeks pooled (and weeks whose realised score is inside "
+def print_table(title: str, cases: Mapping[str, list[Case]], weeks: int = WEEKS) -> None:
+    print(f"\n{title}: all {weeks} weeks pooled (and weeks whose realised score is inside "
           "the interval)")
     print(f"{'model':<24}{'metric':>18}{'rows':>7}{'estimate':>10}{'interval':>18}"
           f"{'realised':>10}{'error':>8}{'inside':>8}{'weeks in':>10}")
@@ -152,9 +153,10 @@ def test_outcome_rule_scenarios_are_tabled(
     """No accuracy is claimed here: the scenario changes how outcomes follow from inputs,
     which the estimators assume fixed. The table shows what they see and what they miss;
     the estimates need only be numbers within the metric's range."""
-    cases = weekly_cases(fresh_world(small_tables, scenario), trained, estimators,
+    cases = weekly_cases(fresh_world(small_tables, scenario, RULE_WEEKS), trained, estimators,
                          weekly=False)
-    print_table(f"{scenario} (outcome rules change: estimation cannot see that part)", cases)
+    print_table(f"{scenario} (outcome rules change: estimation cannot see that part)", cases,
+                RULE_WEEKS)
     hurt = synthetic.get_scenario(scenario).hurts
     print("  hurt (measured, test_drift_matrix):", ", ".join(hurt))
     for rows in cases.values():

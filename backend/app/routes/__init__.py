@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from backend.app.routes import cards, dashboard, metrics, models, system, training
+from backend.app.routes import backtest, cards, dashboard, metrics, models, system, training
 
 api_router = APIRouter()
 api_router.include_router(training.router)
@@ -13,3 +13,4 @@ api_router.include_router(cards.router)
 api_router.include_router(system.router)
 api_router.include_router(metrics.router)
 api_router.include_router(dashboard.router)
+api_router.include_router(backtest.router)

@@ -278,6 +278,42 @@
     });
   }
 
+  // ---- backtest ------------------------------------------------------------------------------
+
+  /* The latest policy backtest (python -m backend.ml backtest): a table and its chart. Fetched
+     once on load, not polled: a backtest is a rare, long CLI run. The panel is added here so
+     the page's markup stays as it is when no one has run one. */
+  function renderBacktest(doc) {
+    var rows = doc.rows.map(function (s) {
+      if (!s.available) {
+        return h('tr', {}, h('td', {}, s.policy), h('td', { colspan: '5', class: 'muted' }, s.reason || 'not available'));
+      }
+      var alerts = Object.keys(s.alerts).map(function (k) { return k + ' ' + s.alerts[k]; }).join(', ');
+      return h('tr', {}, h('td', {}, s.policy), h('td', { class: 'num' }, num(s.mean_live_score)),
+        h('td', { class: 'num' }, String(s.days_below_threshold)), h('td', { class: 'num' }, String(s.retrains)),
+        h('td', { class: 'num' }, num(s.cpu_seconds, 1)), h('td', { class: 'backtest-alerts' }, alerts || 'none'));
+    });
+    var what = doc.days + ' days, ' + doc.models.length + ' models'
+      + (doc.scenario ? ', ' + doc.scenario + ' from day ' + doc.at : ', no scenario');
+    var panel = h('section', { class: 'card backtest', id: 'backtest', 'aria-labelledby': 'backtest-h' },
+      h('div', { class: 'card-head' }, h('h2', { id: 'backtest-h' }, 'Policy backtest'),
+        h('span', { class: 'muted' }, what)),
+      h('div', { class: 'table-wrap' }, h('table', {},
+        h('thead', {}, h('tr', {}, h('th', { scope: 'col' }, 'Policy'), h('th', { scope: 'col', class: 'num' }, 'Mean live'),
+          h('th', { scope: 'col', class: 'num' }, 'Days below'), h('th', { scope: 'col', class: 'num' }, 'Retrains'),
+          h('th', { scope: 'col', class: 'num' }, 'CPU s'), h('th', { scope: 'col' }, 'Alerts'))),
+        h.apply(null, ['tbody', {}].concat(rows)))),
+      h('img', { class: 'backtest-chart', src: '/ml/backtest/latest.svg?t=' + encodeURIComponent(doc.created_at),
+        alt: 'Mean live score per day for each policy' }));
+    document.querySelector('main.layout').appendChild(panel);
+  }
+
+  function loadBacktest() {
+    Dash.api('/ml/backtest').then(function (data) {
+      if (data.latest) renderBacktest(data.latest);
+    }, function () { /* the panel is optional: the rest of the page says if the API is down */ });
+  }
+
   Dash.refresh = refresh;
 
   document.addEventListener('DOMContentLoaded', function () {
@@ -294,5 +330,6 @@
       if (!document.hidden) refresh();
     });
     refresh();
+    loadBacktest();
   });
 })();

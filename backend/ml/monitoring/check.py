@@ -128,6 +128,23 @@ class CheckStep:
 ProgressFn = Callable[[CheckStep], None]
 
 
+class WallClock:
+    """Where the check reads the time and waits between retrains: the real clock, a wait
+    that a stop cuts short. The service always runs on this one; a rehearsal of simulated
+    days (`backend.ml.backtest`) passes one whose time is the simulated day's and whose
+    waits only move that time on, so the same check runs unchanged at another time."""
+
+    def now(self) -> datetime:
+        return datetime.now(UTC)
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    def wait(self, stop: threading.Event, seconds: float) -> bool:
+        """Wait `seconds`; True when `stop` was set (the check is being stopped)."""
+        return stop.wait(seconds)
+
+
 def fresh_minimum(spec: specs.ModelSpec) -> int:
     return max(30, spec.min_samples // 5)
 
@@ -182,8 +199,13 @@ def events_short(spec: specs.ModelSpec, fresh: pd.DataFrame) -> int:
 class Monitor:
     def __init__(self, runner: Runner, *, backoff_seconds: float = 60.0, ab_wins: int = 3,
                  stop: threading.Event | None = None,
-                 on_progress: ProgressFn | None = None) -> None:
+                 on_progress: ProgressFn | None = None, clock: WallClock | None = None,
+                 retrain: bool = True) -> None:
         self.runner = runner
+        self.clock = clock or WallClock()
+        # The service always retrains what is degraded; a rehearsal of a policy that does
+        # not (backend.ml.backtest) passes False and degraded models keep serving.
+        self.retrain = retrain
         self.on_progress = on_progress
         self.services = runner.services
         self.settings = runner.settings
@@ -213,8 +235,9 @@ class Monitor:
                   for name in specs.MODEL_NAMES}
         tables = fresh_tables(self.settings.DATABASE_URL,
                               {n: s[1]["data_end"] for n, s in served.items() if s is not None})
-        check_id = f"check-{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{secrets.token_hex(2)}"
-        timestamp = datetime.now(UTC).isoformat()
+        now = self.clock.now()
+        check_id = f"check-{now:%Y%m%dT%H%M%SZ}-{secrets.token_hex(2)}"
+        timestamp = now.isoformat()
         verdicts: dict[str, CheckVerdict] = {}
         for name, serving in served.items():
             if serving is None:
@@ -227,7 +250,8 @@ class Monitor:
                                    verdict=checked.verdict.value,
                                    live_score=checked.live_score,
                                    threshold=checked.threshold))
-        degraded = [n for n, v in verdicts.items() if v.verdict is Verdict.DEGRADED]
+        degraded = [n for n, v in verdicts.items()
+                    if v.verdict is Verdict.DEGRADED and self.retrain]
         self._commit({name: self._settle(name, known.of(name), state[name], verdicts[name],
                                          timestamp)
                       for name in served if name not in degraded})
@@ -404,7 +428,7 @@ class Monitor:
         newest = str(tables[spec.table][schema.time_column(spec.table)].max())
         cooldown = model_state.cooldown
         if cooldown is not None and cooldown.newest_data == newest and \
-                datetime.now(UTC) < cooldown.until:
+                self.clock.now() < cooldown.until:
             return {"skipped": f"cooling down until {cooldown.until.isoformat()} or new data"}
         model_state.cooldown = None
         limit = min(self.settings.MAX_RETRAIN_ATTEMPTS, len(RETRY_STRATEGIES))
@@ -427,7 +451,7 @@ class Monitor:
             if k < limit and self._backoff(self.backoff_seconds * 2 ** (k - 1), name, k + 1,
                                            limit):
                 break  # shutting down
-        until = next_daily_time(datetime.now(UTC), self.settings.DAILY_TRAINING_TIME,
+        until = next_daily_time(self.clock.now(), self.settings.DAILY_TRAINING_TIME,
                                 ZoneInfo(self.settings.TRAINING_TIMEZONE))
         model_state.cooldown = Cooldown(newest_data=newest, until=until)
         scores = [a["score"] for a in attempts if a.get("score") is not None]
@@ -456,12 +480,12 @@ class Monitor:
         """Wait `seconds` before retry `attempt`, telling the watcher the seconds left each
         second; True when the check is being stopped."""
         if self.on_progress is None or seconds <= 0:
-            return self._stop.wait(seconds)
-        deadline = time.monotonic() + seconds
-        while (left := deadline - time.monotonic()) > 0:
+            return self.clock.wait(self._stop, seconds)
+        deadline = self.clock.monotonic() + seconds
+        while (left := deadline - self.clock.monotonic()) > 0:
             self._report(CheckStep("waiting", name, attempt=attempt, attempts=attempts,
                                    seconds_left=left))
-            if self._stop.wait(min(1.0, left)):
+            if self.clock.wait(self._stop, min(1.0, left)):
                 return True
         return False
 

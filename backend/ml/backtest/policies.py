@@ -1,0 +1,91 @@
+"""The retraining policies a backtest compares, and what each does on one simulated day.
+
+Every policy runs the real check once a day, so every policy is measured the same way (the
+check's live score on fresh labelled rows). They differ in what trains:
+
+  nightly      the service's daily training run every day (trigger "daily"), and the check
+               without its retrains
+  on_degrade   the check with its retrains of degraded models: the service's default
+  never        the check only; nothing is ever retrained after day 0
+  on_estimate  not available yet (see ESTIMATE_MISSING)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, time, timedelta
+from enum import StrEnum
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from backend.ml.backtest.world import World
+
+
+class Policy(StrEnum):
+    NIGHTLY = "nightly"
+    ON_DEGRADE = "on_degrade"
+    ON_ESTIMATE = "on_estimate"
+    NEVER = "never"
+
+
+POLICY_NAMES = tuple(p.value for p in Policy)
+# Estimated performance (backend/ml/monitoring/estimate.py) is a library the check does not
+# call yet: no check computes an estimate, so there is no estimated drop to retrain on.
+# Rehearsing it by calling the library from here would rehearse code the service never runs.
+ESTIMATE_MISSING = ("on_estimate is not available yet: the check does not compute estimated "
+                    "performance, so there is no estimated drop to retrain on")
+
+
+def parse_policies(text: str) -> list[Policy]:
+    """Policies from a comma list; ValueError naming the unknown one and the valid names."""
+    names = [p.strip() for p in text.split(",") if p.strip()]
+    if not names:
+        raise ValueError(f"--policies needs at least one of {', '.join(POLICY_NAMES)}")
+    unknown = [n for n in names if n not in POLICY_NAMES]
+    if unknown:
+        raise ValueError(f"unknown policy {unknown[0]!r}; policies are "
+                         f"{', '.join(POLICY_NAMES)}")
+    return list(dict.fromkeys(Policy(n) for n in names))
+
+
+def available(policy: Policy) -> bool:
+    return policy is not Policy.ON_ESTIMATE
+
+
+@dataclass
+class DayOutcome:
+    """What one policy's day produced: the check's entry and the fits it took."""
+
+    check: dict[str, Any]
+    fits: int = 0
+    runs: list[str] = field(default_factory=list)
+
+
+def daily_run_time(world: World) -> datetime:
+    """The service's daily instant on the simulated morning (before that day's check)."""
+    settings = world.settings
+    hour, minute = (int(p) for p in settings.DAILY_TRAINING_TIME.split(":"))
+    tz = ZoneInfo(settings.TRAINING_TIMEZONE)
+    morning = world.clock.now().astimezone(tz).date()
+    at = datetime.combine(morning, time(hour, minute), tzinfo=tz).astimezone(UTC)
+    return at if at <= world.clock.now() else at - timedelta(days=1)
+
+
+def run_day(policy: Policy, world: World, models: list[str] | None) -> DayOutcome:
+    """One simulated day of `policy` in `world`, whose rows for the day are in and whose
+    clock is at the check hour."""
+    fits, runs = 0, []
+    if policy is Policy.NIGHTLY:
+        check_at = world.clock.now()
+        world.clock.at = daily_run_time(world)
+        summary = world.runner.run(trigger="daily", models=models, actor="scheduler")
+        fits += int(summary["models_trained"]) - len(summary.get("unchanged", []))
+        runs.append(str(summary["run_id"]))
+        world.clock.at = max(check_at, world.clock.at)
+    entry = world.monitor(retrain=policy is Policy.ON_DEGRADE).run_check()
+    for result in entry["models"].values():
+        retrain = result.get("retrain") or {}
+        attempts = retrain.get("attempts") or []
+        fits += len(attempts)
+        runs += [str(a["run_id"]) for a in attempts if a.get("run_id")]
+    return DayOutcome(entry, fits, runs)
