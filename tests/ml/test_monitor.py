@@ -13,6 +13,7 @@ from backend.ml.config import Settings
 from backend.ml.data import loading, synthetic
 from backend.ml.fleet import specs
 from backend.ml.history.stats import score_trend
+from backend.ml.monitoring import check
 from backend.ml.monitoring.check import Monitor
 from backend.ml.monitoring.state import ModelMonitorState
 from backend.ml.monitoring.verdict import CheckVerdict, Verdict
@@ -212,3 +213,16 @@ def test_drift_is_alerted_only_for_inputs_gone_somewhere_new_and_a_score_that_fe
     assert [(a["kind"], a["score"], a["live_score"], a["live_interval"]) for a in alerts] == [
         ("drift_detected", 0.81, 0.69, [0.68, 0.70])], alerts
     assert "rainfall_mm (PSI 9.60, 74% outside)" in alerts[0]["message"]
+
+
+def test_a_retrain_holds_out_the_newest_half_capped_so_a_late_shift_reaches_the_fit() -> None:
+    """Holding out half of a long fresh window put every row of a shift that began late in
+    it into the holdout: the retrains never saw one (a 40-day backtest, shift at day 20,
+    retrained 39 times without recovering). The holdout is now capped."""
+    spec = specs.get_spec("cost_prediction")
+    cap = check.RETRAIN_HOLDOUT_MINIMUMS * check.fresh_minimum(spec)
+    for rows in (40, 2 * cap, 10 * cap):
+        times = pd.Series(pd.date_range("2026-01-01", periods=rows, freq="h"))
+        start = pd.Timestamp(check.retrain_holdout_start(spec, times))
+        held = int((times >= start).sum())
+        assert held == min(rows // 2, cap), rows

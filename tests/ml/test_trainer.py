@@ -39,6 +39,12 @@ def test_holdout_is_strictly_later_than_every_training_row(name: str, trained: d
     result = trained[name]
     assert pd.Timestamp(result.holdout_start) == holdout[tcol].min()
     assert result.rows_holdout == len(holdout)
+    # The gate reuses the fit's holdout values: they are the model's on those very rows
+    # (as the gate selects them), and never part of what is stored.
+    gate_rows = labelled[labelled[tcol] >= pd.Timestamp(result.holdout_start)]
+    expected = trainer.decision_values(spec, result.estimator, gate_rows[list(spec.features)])
+    np.testing.assert_array_equal(result.holdout_values, expected)
+    assert "holdout_values" not in result.summary() and "estimator" not in result.summary()
 
 
 def test_summary_shape_and_status() -> None:

@@ -14,7 +14,9 @@ Verdicts, with hysteresis so a model hovering at its threshold does not flap:
 A degraded model is retrained through the runner (trigger "retrain"), each attempt trying
 something different: 1 all data including the fresh rows, 2 recency weights, 3 a small
 hyper-parameter search; with backoff between attempts. Each holds out only the newest half
-of the fresh rows (the gate compares with production there), so it learns from the rest.
+of the fresh rows, and at most RETRAIN_HOLDOUT_MINIMUMS times the model's fresh minimum
+(the gate compares with production there), so it learns from the rest: a shift that began
+late in a long fresh window reaches the fit, not only its holdout.
 After the last failed attempt: one alert, the best version keeps serving (the promotion
 gate guarantees it), and the model cools down until new data arrives or the next daily
 run passes.
@@ -89,6 +91,9 @@ RETRY_STRATEGIES = (
 # "degraded" verdict on noise means three futile retrains and a critical alert. So such a
 # metric needs this many rows of each class, besides `fresh_minimum` rows.
 MIN_EVENTS = 10
+# A retrain's holdout is at most this many fresh minimums of rows (the newest): enough for
+# the gate's interval and slices, while the fit learns from every older fresh row.
+RETRAIN_HOLDOUT_MINIMUMS = 5
 
 
 @dataclass(frozen=True)
@@ -147,6 +152,13 @@ class WallClock:
 
 def fresh_minimum(spec: specs.ModelSpec) -> int:
     return max(30, spec.min_samples // 5)
+
+
+def retrain_holdout_start(spec: specs.ModelSpec, fresh_times: pd.Series) -> str:
+    """Where a retrain's holdout begins among the fresh rows' times (in time order): the
+    newest half, at most RETRAIN_HOLDOUT_MINIMUMS fresh minimums of rows."""
+    held = min(len(fresh_times) // 2, RETRAIN_HOLDOUT_MINIMUMS * fresh_minimum(spec))
+    return str(fresh_times.iloc[len(fresh_times) - max(held, 1)].isoformat())
 
 
 def fresh_tables(database_url: str, data_ends: Mapping[str, str]) -> dict[str, pd.DataFrame]:
@@ -286,7 +298,7 @@ class Monitor:
             return CheckVerdict(Verdict.INSUFFICIENT_FRESH_DATA, version, threshold,
                                 meta.get("score"), len(fresh), needed_events=MIN_EVENTS,
                                 events=MIN_EVENTS - short)
-        self._fresh_midpoint[name] = fresh[tcol].iloc[len(fresh) // 2].isoformat()
+        self._fresh_midpoint[name] = retrain_holdout_start(spec, fresh[tcol])
         live = round(trainer.evaluate(spec, estimator, fresh), 6)
         holdout = meta.get("score")
         drift = drift_report(spec, meta.get("feature_stats", {}), fresh,

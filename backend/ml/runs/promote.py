@@ -180,7 +180,9 @@ def compare_on_holdout(services: Services, result: trainer.TrainResult,
     if result.estimator is None:
         return score, None, None
     try:
-        candidate = trainer.decision_values(spec, result.estimator, X)
+        candidate = result.holdout_values  # predicted by the fit, on these very rows
+        if candidate is None or len(candidate) != len(X):
+            candidate = trainer.decision_values(spec, result.estimator, X)
         interval = None
         if settings.PROMOTION_BOOTSTRAP_RESAMPLES:
             interval = paired_bootstrap(spec.metric, y, candidate, production,

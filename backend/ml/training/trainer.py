@@ -29,11 +29,12 @@ its result and never stops the others.
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import time
 import traceback
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 import joblib
@@ -114,6 +115,9 @@ class TrainResult:
     training_data: dict[str, Any] = field(default_factory=dict)  # fingerprint.training_data
     model_hash: str | None = None  # fingerprint.model_hash of the fitted estimator
     estimator: Pipeline | None = field(default=None, repr=False)
+    # The fit's decision values on its holdout rows, in their order: the promotion gate
+    # compares production on the same rows without predicting them again. Never stored.
+    holdout_values: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def ok(self) -> bool:
@@ -130,10 +134,10 @@ class TrainResult:
         return self.status == FAILED
 
     def summary(self) -> dict[str, Any]:
-        """Everything but the fitted estimator, JSON-ready."""
-        out = asdict(self)
-        out.pop("estimator")
-        return out
+        """Everything but the fitted estimator and its holdout values, JSON-ready (copied
+        field by field: `asdict` would deep-copy the estimator only to drop it)."""
+        return {f.name: copy.deepcopy(getattr(self, f.name)) for f in fields(self)
+                if f.name not in ("estimator", "holdout_values")}
 
 
 def input_columns(spec: ModelSpec) -> list[str]:
@@ -339,7 +343,9 @@ def train_one(spec: ModelSpec, table: pd.DataFrame, *, threshold: float,
         fit_started = time.perf_counter()
         estimator = _fit(spec, train, options, params)
         result.model_hash = fingerprint.model_hash(estimator)  # what was learnt, nothing more
-        result.score = round(evaluate(spec, estimator, holdout), 6)
+        result.holdout_values = decision_values(spec, estimator, holdout[list(spec.features)])
+        result.score = round(get_metric(spec.metric).score(
+            target_values(spec, holdout[spec.target]), result.holdout_values), 6)
         result.fit_seconds = round(time.perf_counter() - fit_started, 4)
         result.baseline = round(baseline_score(spec, train, holdout), 6)
         result.lift = round(result.score - result.baseline, 6)
