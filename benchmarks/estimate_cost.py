@@ -31,7 +31,7 @@ import pandas as pd
 from backend.ml.data import schema, synthetic
 from backend.ml.fleet import specs
 from backend.ml.monitoring import estimate as est
-from backend.ml.monitoring.check import fresh_rows
+from backend.ml.monitoring.fresh import fresh_rows
 from backend.ml.training import trainer
 
 END = date(2026, 10, 31)

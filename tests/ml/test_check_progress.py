@@ -10,7 +10,8 @@ from pathlib import Path
 
 from backend.ml.cli_progress import CheckPrinter
 from backend.ml.config import Settings
-from backend.ml.monitoring.check import CheckStep, Monitor
+from backend.ml.monitoring.check import Monitor
+from backend.ml.monitoring.steps import CheckStep
 from backend.ml.runs.runner import Runner
 from backend.ml.runs.services import Services
 

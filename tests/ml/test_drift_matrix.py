@@ -27,13 +27,8 @@ import pytest
 from backend.ml.config import REPO_ROOT, Settings
 from backend.ml.data import loading, synthetic
 from backend.ml.fleet import specs
-from backend.ml.monitoring.check import (
-    Monitor,
-    fresh_minimum,
-    fresh_rows,
-    fresh_tables,
-    seen_ranges,
-)
+from backend.ml.monitoring.check import Monitor
+from backend.ml.monitoring.fresh import fresh_minimum, fresh_rows, fresh_tables, seen_ranges
 from backend.ml.runs.promote import save_and_promote
 from backend.ml.runs.runner import Runner
 from backend.ml.runs.services import Services

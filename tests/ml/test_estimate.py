@@ -19,7 +19,7 @@ import pytest
 from backend.ml.data import schema, synthetic
 from backend.ml.fleet import specs
 from backend.ml.monitoring import estimate as est
-from backend.ml.monitoring.check import fresh_minimum, fresh_rows
+from backend.ml.monitoring.fresh import fresh_minimum, fresh_rows
 from backend.ml.training import trainer
 from tests.conftest import SMALL_END
 

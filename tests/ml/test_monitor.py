@@ -13,7 +13,7 @@ from backend.ml.config import Settings
 from backend.ml.data import loading, synthetic
 from backend.ml.fleet import specs
 from backend.ml.history.stats import score_trend
-from backend.ml.monitoring import check
+from backend.ml.monitoring import check, fresh
 from backend.ml.monitoring.check import Monitor
 from backend.ml.monitoring.state import ModelMonitorState
 from backend.ml.monitoring.verdict import CheckVerdict, Verdict
@@ -220,9 +220,37 @@ def test_a_retrain_holds_out_the_newest_half_capped_so_a_late_shift_reaches_the_
     it into the holdout: the retrains never saw one (a 40-day backtest, shift at day 20,
     retrained 39 times without recovering). The holdout is now capped."""
     spec = specs.get_spec("cost_prediction")
-    cap = check.RETRAIN_HOLDOUT_MINIMUMS * check.fresh_minimum(spec)
+    cap = fresh.RETRAIN_HOLDOUT_MINIMUMS * fresh.fresh_minimum(spec)
     for rows in (40, 2 * cap, 10 * cap):
         times = pd.Series(pd.date_range("2026-01-01", periods=rows, freq="h"))
-        start = pd.Timestamp(check.retrain_holdout_start(spec, times))
+        start = pd.Timestamp(fresh.retrain_holdout_start(spec, times))
         held = int((times >= start).sum())
         assert held == min(rows // 2, cap), rows
+
+
+def test_under_the_threshold_by_noise_alone_is_watch_and_surely_under_is_degraded(
+        tmp_path: Path) -> None:
+    """A day or two of fresh rows is noisy: a live score under the threshold whose 90%
+    interval still reaches it is watched, check after check, not retrained; one surely
+    under it (the interval's high end too, by more than the margin) is degraded."""
+    url, runner, _ = setup(tmp_path, days=200)
+    name = "fuel_consumption"
+    runner.run(models=[name])
+    synthetic.simulate(loading.writable_engine(url), days=3, seed=5)
+
+    def check_with(threshold: float) -> dict:
+        settings = runner.services.settings.model_copy(
+            update={"MODEL_THRESHOLDS": {name: threshold}})
+        monitor = Monitor(Runner(Services.from_settings(settings)), backoff_seconds=0,
+                          retrain=False)
+        return dict(monitor.run_check()["models"][name])
+
+    live = check_with(0.0)["live_score"]
+    probe = check_with(live + 0.001)
+    low, high = probe["live_interval"]
+    assert probe["verdict"] == "watch" and low <= live < high
+    assert high > live + 0.004, "too many fresh rows for a noisy interval: nothing to show"
+    under = (live + high) / 2  # under the threshold, but not surely
+    assert [check_with(under)["verdict"] for _ in range(2)] == ["watch", "watch"]
+    surely = check_with(high + 2 * check.MARGIN)
+    assert surely["verdict"] == "degraded" and surely["live_interval"][1] < high + 0.04

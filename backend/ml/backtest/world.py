@@ -7,7 +7,7 @@ real runner. Every policy then starts from a copy of that folder, so they differ
 what they do from day 0 on (and the day-0 training is paid once, not once per policy).
 
 The clock: the check reads its time and waits its retrain backoff through a clock
-(`check.WallClock`); `SimClock` is that clock at the simulated day's hour, its waits
+(`steps.WallClock`); `SimClock` is that clock at the simulated day's hour, its waits
 moving the simulated time on at once. The alerts' cooldown reads the same time. Run ids and
 the history's own stamps stay on the real clock: nothing decides anything from them.
 """
@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from backend.ml.config import Settings
-from backend.ml.monitoring.check import Monitor, WallClock
+from backend.ml.monitoring.check import Monitor
+from backend.ml.monitoring.steps import WallClock
 from backend.ml.runs.runner import Runner
 from backend.ml.runs.services import Services
 

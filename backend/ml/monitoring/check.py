@@ -1,7 +1,7 @@
 """The periodic check: live accuracy on fresh labelled rows, drift, retraining, A/B.
 
 Each production model is scored on labelled rows newer than its training window (the
-end of its holdout). Fewer than `fresh_minimum(spec)` rows (or, for a metric that ranks
+end of its holdout; `fresh.py`). Fewer than `fresh_minimum(spec)` rows (or, for a metric that ranks
 events, fewer than MIN_EVENTS of each class) is "insufficient_fresh_data", not a verdict.
 Drift is the PSI of each feature against the training reference stored with the version,
 and the share of fresh values outside the range of its training rows. One check entry per
@@ -9,8 +9,10 @@ run goes into the history.
 
 Verdicts, with hysteresis so a model hovering at its threshold does not flap:
   healthy   at or above threshold (+ margin once it had been degraded)
-  watch     below threshold once, by less than the margin: confirmed at the next check
-  degraded  below threshold by more than the margin, or below it twice in a row
+  watch     below threshold, but once by less than the margin, or not surely: the high end
+            of the live score's 90% bootstrap interval reaches the threshold (a day of
+            fresh rows is noisy; the window grows every check, so a real shortfall shows)
+  degraded  surely below threshold, by more than the margin or twice in a row
 A degraded model is retrained through the runner (trigger "retrain"), each attempt trying
 something different: 1 all data including the fresh rows, 2 recency weights, 3 a small
 hyper-parameter search; with backoff between attempts. Each holds out only the newest half
@@ -37,23 +39,29 @@ each model is checked, before each retrain attempt, and each second of a backoff
 from __future__ import annotations
 
 import logging
-import math
 import secrets
 import threading
-import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from collections.abc import Mapping
+from dataclasses import replace
+from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import pandas as pd
-import sqlalchemy as sa
 
-from backend.ml.data import loading, schema
+from backend.ml.data import schema
 from backend.ml.fleet import specs
 from backend.ml.fleet.scoring import get_metric
 from backend.ml.history.stats import TREND_WINDOW, score_trend
+from backend.ml.monitoring.fresh import (
+    MIN_EVENTS,
+    events_short,
+    fresh_minimum,
+    fresh_rows,
+    fresh_tables,
+    retrain_holdout_start,
+    seen_ranges,
+)
 from backend.ml.monitoring.state import (
     ABState,
     Cooldown,
@@ -61,6 +69,7 @@ from backend.ml.monitoring.state import (
     ScoreTrail,
     monitor_file,
 )
+from backend.ml.monitoring.steps import CheckStep, ProgressFn, WallClock
 from backend.ml.monitoring.verdict import CheckVerdict, Verdict
 from backend.ml.registry.verify import check_audit_chain
 from backend.ml.runs.clock import next_daily_time
@@ -70,7 +79,7 @@ from backend.ml.training.drift import (
     LiveScore,
     drift_alert_due,
     drift_report,
-    live_interval,
+    score_interval,
     suffers,
 )
 from backend.ml.training.results import model_outcome
@@ -84,128 +93,6 @@ RETRY_STRATEGIES = (
 )
 # Live scores declining over the last TREND_WINDOW checks (history.stats.score_trend, the
 # one trend rule) are a performance_degradation warning, even above the threshold.
-
-
-# A ROC AUC ranks the labelled events (incidents) against the rest: on the first fresh
-# day's handful of incidents it is noise (0.58 on a calm day, holdout 0.75), and a
-# "degraded" verdict on noise means three futile retrains and a critical alert. So such a
-# metric needs this many rows of each class, besides `fresh_minimum` rows.
-MIN_EVENTS = 10
-# A retrain's holdout is at most this many fresh minimums of rows (the newest): enough for
-# the gate's interval and slices, while the fit learns from every older fresh row.
-RETRAIN_HOLDOUT_MINIMUMS = 5
-
-
-@dataclass(frozen=True)
-class CheckStep:
-    """One step of a check, for whoever watches it.
-
-    kind "checked": `model` was checked (`done` of `total`), with its `verdict`;
-    "retraining": retrain `attempt` of `attempts` of `model` begins (`strategy`);
-    "waiting": `seconds_left` of the backoff before that attempt (one step a second).
-    """
-
-    kind: str
-    model: str
-    done: int = 0
-    total: int = 0
-    verdict: str | None = None
-    live_score: float | None = None
-    threshold: float | None = None
-    attempt: int = 0
-    attempts: int = 0
-    strategy: str | None = None
-    seconds_left: float = 0.0
-
-    def line(self) -> str:
-        """The step in words, one line."""
-        if self.kind == "waiting":
-            left = math.ceil(self.seconds_left)
-            return f"waiting {left} s before retry {self.attempt} of {self.model}"
-        if self.kind == "retraining":
-            return (f"retraining {self.model}: attempt {self.attempt} of {self.attempts} "
-                    f"({self.strategy})")
-        score = ("" if self.live_score is None or self.threshold is None
-                 else f"  live {self.live_score:.3f} / {self.threshold:.2f}")
-        return f"{self.done:2d}/{self.total} {self.model:<24} {self.verdict}{score}"
-
-
-ProgressFn = Callable[[CheckStep], None]
-
-
-class WallClock:
-    """Where the check reads the time and waits between retrains: the real clock, a wait
-    that a stop cuts short. The service always runs on this one; a rehearsal of simulated
-    days (`backend.ml.backtest`) passes one whose time is the simulated day's and whose
-    waits only move that time on, so the same check runs unchanged at another time."""
-
-    def now(self) -> datetime:
-        return datetime.now(UTC)
-
-    def monotonic(self) -> float:
-        return time.monotonic()
-
-    def wait(self, stop: threading.Event, seconds: float) -> bool:
-        """Wait `seconds`; True when `stop` was set (the check is being stopped)."""
-        return stop.wait(seconds)
-
-
-def fresh_minimum(spec: specs.ModelSpec) -> int:
-    return max(30, spec.min_samples // 5)
-
-
-def retrain_holdout_start(spec: specs.ModelSpec, fresh_times: pd.Series) -> str:
-    """Where a retrain's holdout begins among the fresh rows' times (in time order): the
-    newest half, at most RETRAIN_HOLDOUT_MINIMUMS fresh minimums of rows."""
-    held = min(len(fresh_times) // 2, RETRAIN_HOLDOUT_MINIMUMS * fresh_minimum(spec))
-    return str(fresh_times.iloc[len(fresh_times) - max(held, 1)].isoformat())
-
-
-def fresh_tables(database_url: str, data_ends: Mapping[str, str]) -> dict[str, pd.DataFrame]:
-    """The tables of these models (name: end of its version's training window), each from
-    the oldest window end among its models onward."""
-    starts: dict[str, datetime] = {}
-    lookback: dict[str, int] = {}
-    for name, data_end in data_ends.items():
-        spec = specs.get_spec(name)
-        end = pd.Timestamp(data_end).to_pydatetime()
-        starts[spec.table] = min(starts.get(spec.table, end), end)
-        lookback[spec.table] = max(lookback.get(spec.table, 0), spec.lookback_days)
-    # Lag features need the rows before the window: as far back as the longest lag a spec
-    # of the table declares, and a day more.
-    engine = loading.open_readonly(database_url)
-    return {t: loading.load_table(engine, t, window=loading.Window(
-        start=start - pd.Timedelta(days=lookback[t] + 1))) for t, start in starts.items()}
-
-
-def seen_ranges(database_url: str, table: str, before: str) -> dict[str, tuple[float, float]]:
-    """The range (low, high) of each numeric column of `table` over its rows before
-    `before`: where a version's training rows went. One aggregate query, no rows loaded."""
-    source = schema.get_table(table)
-    columns = [c.name for c in source.columns if c.name != "id"
-               and isinstance(c.type, sa.Integer | sa.Float | sa.Numeric)]
-    query = sa.select(*(f(source.c[c]) for c in columns for f in (sa.func.min, sa.func.max)))
-    query = query.where(source.c[schema.time_column(table)] < pd.Timestamp(before).to_pydatetime())
-    with loading.open_readonly(database_url).connect() as conn:
-        row = conn.execute(query).one()
-    return {c: (float(row[2 * i]), float(row[2 * i + 1])) for i, c in enumerate(columns)
-            if row[2 * i] is not None}
-
-
-def fresh_rows(spec: specs.ModelSpec, table: pd.DataFrame, data_end: str) -> pd.DataFrame:
-    """A table's labelled, prepared rows newer than a version's training window: what a
-    check scores the version on."""
-    labelled, _ = trainer.labelled_frame(spec, table)
-    return labelled[labelled[schema.time_column(spec.table)] > pd.Timestamp(data_end)]
-
-
-def events_short(spec: specs.ModelSpec, fresh: pd.DataFrame) -> int:
-    """How many more rows of its rarer class a metric that ranks events needs (else 0)."""
-    if not get_metric(spec.metric).needs_scores:
-        return 0
-    counts = pd.Series(trainer.target_values(spec, fresh[spec.target])).value_counts()
-    rarer = int(counts.min()) if len(counts) == 2 else 0
-    return max(0, MIN_EVENTS - rarer)
 
 
 class Monitor:
@@ -299,19 +186,22 @@ class Monitor:
                                 meta.get("score"), len(fresh), needed_events=MIN_EVENTS,
                                 events=MIN_EVENTS - short)
         self._fresh_midpoint[name] = retrain_holdout_start(spec, fresh[tcol])
-        live = round(trainer.evaluate(spec, estimator, fresh), 6)
+        y = trainer.target_values(spec, fresh[spec.target])
+        values = trainer.decision_values(spec, estimator, fresh[list(spec.features)])
+        live = round(get_metric(spec.metric).score(y, values), 6)
         holdout = meta.get("score")
         drift = drift_report(spec, meta.get("feature_stats", {}), fresh,
                              seen=self._seen_by(spec, meta))
-        # The interval costs a bootstrap: only worth it when the inputs moved somewhere new
-        # and the score itself fell (its high end can only be higher).
-        interval = (live_interval(spec, estimator, fresh)
-                    if drift["novel_features"]
-                    and suffers(LiveScore(live, live, live, len(fresh)), holdout) else None)
+        # The interval costs a bootstrap: only worth it when the score is under the
+        # threshold (is it surely?), or the inputs moved somewhere new and the score fell.
+        interval = (score_interval(spec.metric, y, values)
+                    if live < threshold or (drift["novel_features"] and suffers(
+                        LiveScore(live, live, live, len(fresh)), holdout)) else None)
+        surely_below = interval is not None and interval.high < threshold
         # A verdict about the version that served before says nothing about this one.
         same = model_state.version in (None, version)
         was = (model_state.verdict or "healthy") if same else "healthy"
-        if live < threshold - MARGIN or (live < threshold and was in ("watch", "degraded")):
+        if surely_below and (live < threshold - MARGIN or was in ("watch", "degraded")):
             verdict = Verdict.DEGRADED
         elif live < threshold:
             verdict = Verdict.WATCH

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io
 import logging
+import threading
 from typing import TYPE_CHECKING, Any, Literal
 
 from backend.ml.fleet.specs import ModelSpec
@@ -27,6 +28,12 @@ logger = logging.getLogger(__name__)
 Format = Literal["skops", "joblib"]
 SUFFIXES: dict[str, str] = {"skops": ".skops", "joblib": ".joblib"}
 LEGACY_FORMAT: Format = "joblib"  # versions stored before formats were recorded
+# One skops load at a time in a process. numpy reads each stored array's header with
+# ast.literal_eval, and CPython 3.11's ast is not thread-safe: two loads at once (a predict
+# loading production while the shadow scorer loads a candidate) once raised "SystemError:
+# AST constructor recursion depth mismatch", and the intact production file was reported
+# as unreadable. Loads are rare (the serving cache keeps what it loaded): waiting is cheap.
+_SKOPS_LOADING = threading.Lock()
 
 
 class FormatError(Exception):
@@ -78,7 +85,8 @@ def load(spec: ModelSpec, fmt: str, payload: bytes) -> Any:
             from skops.io.exceptions import UntrustedTypesFoundException
 
             try:  # skops refuses any type outside `trusted` before it builds anything
-                return sio.loads(payload, trusted=sorted(trusted_types(spec)))
+                with _SKOPS_LOADING:
+                    return sio.loads(payload, trusted=sorted(trusted_types(spec)))
             except UntrustedTypesFoundException as exc:
                 raise FormatError(f"holds types outside the allow-list of {spec.name}: "
                                   f"{exc}") from exc
