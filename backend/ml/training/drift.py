@@ -210,15 +210,6 @@ def score_interval(metric: str, y_true: np.ndarray, values: np.ndarray, *,
     return LiveScore(score, min(low, score), max(high, score), len(y))
 
 
-def live_interval(spec: specs.ModelSpec, estimator: Any, fresh: pd.DataFrame) -> LiveScore:
-    """A fitted model's score on labelled, prepared rows (as `trainer.evaluate`) with its
-    interval."""
-    from backend.ml.training import trainer
-
-    return score_interval(spec.metric, trainer.target_values(spec, fresh[spec.target]),
-                          trainer.decision_values(spec, estimator, fresh[list(spec.features)]))
-
-
 # ---- when a changed world hurts a model ------------------------------------------------
 
 
