@@ -29,8 +29,6 @@ import argparse
 import json
 import os
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -47,26 +45,12 @@ import httpx
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
+
+from tests.fakes import Slow  # noqa: E402 (needs REPO on the path)
+from tests.processes import free_port, stop_group  # noqa: E402
+
 BLOCK = 10  # requests in a row to one server before switching to the other
 WARM_UP = 20
-
-
-class Slow:
-    """The candidate, answering `seconds` later (the benchmark's one fake: slowness)."""
-
-    def __init__(self, inner: Any, seconds: float) -> None:
-        self.inner, self.seconds = inner, seconds
-
-    def predict(self, X: Any) -> Any:
-        time.sleep(self.seconds)
-        return self.inner.predict(X)
-
-    def score_samples(self, X: Any) -> Any:
-        time.sleep(self.seconds)
-        return self.inner.score_samples(X)
-
-    def __getitem__(self, index: int) -> Any:  # an anomaly detector's threshold
-        return self.inner[index]
 
 
 def server() -> Any:
@@ -92,12 +76,6 @@ def server() -> Any:
 
     app.router.lifespan_context = lifespan
     return app
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def environment(root: Path, url: str, **extra: str) -> dict[str, str]:
@@ -161,12 +139,7 @@ class Service:
         raise SystemExit("the server did not become ready")
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
+        stop_group(self.proc)
         self.log.close()
 
 

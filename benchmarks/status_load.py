@@ -16,8 +16,6 @@ import argparse
 import asyncio
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -27,12 +25,10 @@ from pathlib import Path
 import httpx
 
 REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from tests.processes import free_port, stop_group  # noqa: E402 (needs REPO on the path)
 
 
 def start_server(tmp: Path, port: int) -> tuple[subprocess.Popen[bytes], float]:
@@ -104,8 +100,7 @@ def main() -> None:
         try:
             result = asyncio.run(load(f"http://127.0.0.1:{port}", args.rate))
         finally:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=30)
+            stop_group(proc)
     result["startup_to_ready_seconds"] = round(ready, 3)
     if args.json:
         print(json.dumps(result, indent=2))

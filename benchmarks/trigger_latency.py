@@ -30,7 +30,6 @@ import json
 import os
 import selectors
 import shutil
-import signal
 import socket
 import statistics
 import subprocess
@@ -44,12 +43,10 @@ from typing import Any
 import httpx
 
 REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from tests.processes import free_port, stop_group  # noqa: E402 (needs REPO on the path)
 
 
 def environment(tree: Path, root: Path, url: str) -> dict[str, str]:
@@ -61,7 +58,6 @@ def environment(tree: Path, root: Path, url: str) -> dict[str, str]:
 
 def build_state(tree: Path, root: Path, days: int, model: str) -> str:
     """The database (generated with this tree) and `model` trained once with `tree`."""
-    sys.path.insert(0, str(REPO))
     from backend.ml.data import loading, synthetic
 
     url = f"sqlite:///{root / 'logistics.db'}"
@@ -144,12 +140,7 @@ class Service:
         return False
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
+        stop_group(self.proc)
         self.log.close()
 
 

@@ -3,20 +3,14 @@
 from __future__ import annotations
 
 import email
-import socket
 from email.policy import default as default_policy
 from typing import Any
 
 from aiosmtpd.controller import Controller
 
+from tests.processes import free_port
+
 SENDER, RECIPIENT = "ml@example.com", "ops@example.com"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 class Inbox:

@@ -34,6 +34,7 @@ from tests.app.conftest import (
 )
 from tests.app.test_metrics import scrape
 from tests.app.test_models import records
+from tests.fakes import Slow
 
 # Candidate made for each model. The classifier's is a coarser fit (3 boosting rounds),
 # so it disagrees with production on some rows; the others are copies of production, so
@@ -93,17 +94,6 @@ def settle(scorer: ShadowScorer, name: str, batches: int,
         time.sleep(0.02)
     raise AssertionError(f"{name}: shadow did not take {batches} batches: "
                          f"{scorer.summary(name)}")
-
-
-class Slow:
-    """A candidate that sleeps before answering: the one fake, slowness."""
-
-    def __init__(self, inner: Any, seconds: float) -> None:
-        self.inner, self.seconds = inner, seconds
-
-    def predict(self, X: Any) -> Any:
-        time.sleep(self.seconds)
-        return self.inner.predict(X)
 
 
 def shadow_threads() -> list[threading.Thread]:

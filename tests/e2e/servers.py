@@ -4,8 +4,6 @@ environment, ready once /health answers, stopped with its whole process group.""
 from __future__ import annotations
 
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,12 +12,7 @@ from pathlib import Path
 import httpx
 
 from backend.ml.config import REPO_ROOT
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from tests.processes import free_port, stop_group
 
 
 class Server:
@@ -65,9 +58,4 @@ class Server:
         return response.json()["data"]
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
+        stop_group(self.proc, timeout=20)

@@ -148,6 +148,39 @@ def test_entries_of_the_release_before_the_chain_are_its_unsigned_prefix(
     assert problem.where.startswith("audit.jsonl line 3")
 
 
+def test_dropping_the_newest_entries_is_named_by_the_registry_head(store: ModelStore) -> None:
+    """A chain's prefix is a valid chain: only the head registry.json keeps shows the loss."""
+    lines = audit_lines(store)
+    write_lines(store, lines[:-1])  # the rollback at T3 removed; its alias move stays
+    assert verify_chain(store.book.audit_path, store.signer).ok  # the chain alone cannot see
+    report = verify_store(store)
+    assert [p.where for p in report.problems][:1] == ["audit.jsonl"]
+    assert "newest entries were removed" in report.problems[0].message
+    alerts: list[tuple[str, str, str]] = []
+    check_audit_chain(store, lambda *a: alerts.append(a))
+    assert [kind for _, kind, _ in alerts] == ["audit_chain_broken"]
+
+
+def test_an_audit_past_its_head_is_a_crash_before_the_registry_write(
+        store: ModelStore) -> None:
+    """The append lands before registry.json: a crash between leaves the audit longer."""
+    head = store.book.read().audit_head
+    assert head is not None and head.size == store.book.audit_path.stat().st_size
+    store.book._append([AliasMove(at=T3.isoformat(), model=NAME, to="v0002",
+                                  action="promote", actor="cli")])
+    # Only the alias the crash left unmoved shows; the head is reached.
+    assert [p.where for p in verify_store(store).problems] == [f"registry.json ({NAME})"]
+
+
+def test_a_forged_head_is_named(store: ModelStore) -> None:
+    path = store.book.path
+    registry = json.loads(path.read_text())
+    registry["audit_head"]["size"] -= 1
+    path.write_text(json.dumps(registry))
+    [problem] = verify_store(store).problems
+    assert problem.where == "registry.json (audit head)" and "changed" in problem.message
+
+
 def test_a_torn_last_line_is_cut_before_the_next_entry(store: ModelStore) -> None:
     with store.book.audit_path.open("ab") as f:
         f.write(b'{"at": "2026-03-0')  # a crash mid-append

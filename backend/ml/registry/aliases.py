@@ -24,8 +24,13 @@ MAC of that line or the `prev` of the next; `verify.py` checks it. Lines written
 release before the chain (no `prev`, no `mac`) are its unsigned prefix: accepted only
 before the first chained line, whose `prev` covers all of them, so they cannot be edited
 later without breaking the chain either. Dropping the newest lines is not seen by the chain
-alone. A torn last line is cut off (under the lock) before the next append, so it cannot
-swallow the next entry. Readers strip the chain fields: a move is a move.
+alone, so `registry.json` keeps the audit's head: the length of its whole lines and the hash
+of the last one, under an HMAC ("audit-head\0") of the same key, written under the lock
+with every append. The audit may run past the head (a crash between the append and the
+registry's write), never stop short of it. Deliberately not seen: both files put back
+together to an earlier moment, which is what a restore looks like. A torn last line is cut
+off (under the lock) before the next append, so it cannot swallow the next entry.
+Readers strip the chain fields: a move is a move.
 """
 
 from __future__ import annotations
@@ -88,10 +93,24 @@ class ModelAliases(BaseModel):
     last_version: int = 0
 
 
+class AuditHead(BaseModel):
+    """Where the audit ended after the last append: `size` bytes of whole lines, the last
+    of them hashing to `hash`; `mac` (head_mac) proves the signing key's holder wrote it."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    size: int
+    hash: str
+    key_id: str
+    mac: str
+
+
 class Registry(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     models: dict[str, ModelAliases] = Field(default_factory=dict)
+    # None in a file written before the head was kept, and until the first move.
+    audit_head: AuditHead | None = None
     # Only in files of the previous release; moved into audit.jsonl at the next write.
     audit: list[AliasMove] = Field(default_factory=list)
 
@@ -127,6 +146,12 @@ def entry_mac(signer: Signer, entry: Mapping[str, Any]) -> str:
     body = {k: v for k, v in entry.items() if k != "mac"}
     text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
     return hmac.new(signer.key, b"audit-entry\0" + text.encode("ascii"),
+                    hashlib.sha256).hexdigest()
+
+
+def head_mac(signer: Signer, size: int, last_hash: str) -> str:
+    """The HMAC of an audit head (its own prefix: never valid as an entry's or a version's)."""
+    return hmac.new(signer.key, f"audit-head\0{size}\0{last_hash}".encode("ascii"),
                     hashlib.sha256).hexdigest()
 
 
@@ -207,6 +232,7 @@ class AliasBook:
         self._model_names = model_names
         self._signer = signer
         self._parsed: _ParsedAudit | None = None
+        self._head: AuditHead | None = None  # set by an append inside `update`
         self.file = StateFile(self.models_dir / "registry.json", Registry, empty=Registry,
                               rebuild=self._rebuild, rebuilt_description=self._describe,
                               on_recover=on_recover, lock_path=self.models_dir / ".registry.lock",
@@ -226,11 +252,14 @@ class AliasBook:
     def update(self) -> Iterator[Registry]:
         """The registry under its lock; moves recorded with `record` land in the audit first."""
         with self.file.update() as registry:
+            self._head = None
             if registry.audit:  # a file of the previous release: its audit moves out now
                 if not self.audit_path.exists():
                     self._append(registry.audit)
                 registry.audit = []
             yield registry
+            if self._head is not None:
+                registry.audit_head, self._head = self._head, None
 
     def record(self, moves: list[AliasMove]) -> None:
         """Append moves to the audit (call inside `update`, before the registry is written)."""
@@ -291,6 +320,9 @@ class AliasBook:
                 prev = line_hash(line)
             os.write(fd, b"".join(lines))
             os.fsync(fd)
+            size = os.fstat(fd).st_size
+            self._head = AuditHead(size=size, hash=prev, key_id=signer.key_id,
+                                   mac=head_mac(signer, size, prev))
         finally:
             os.close(fd)
 
@@ -317,6 +349,7 @@ class AliasBook:
         """(Lock held.) The registry as the audit and the version files tell it (a legacy
         audit inside the damaged file is lost with it)."""
         registry = Registry(models=replay(self._logged_moves(), self.versioning))
+        # The head is left unset: the audit as found is all there is to trust now.
         for name in self._model_names():
             numbers = self._numbers(name)
             if numbers:

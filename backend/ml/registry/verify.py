@@ -7,9 +7,11 @@ problems; the service calls `check_audit_chain` at start-up and in the hourly ch
 raises one critical `audit_chain_broken` alert (the alert cooldown dedupes repeats) and
 changes nothing: serving goes on from the registry as it is.
 
-Deliberately not checked here: whether the newest lines were dropped (a chain cannot show
-a missing tail), and entries of a previous release kept inside `registry.json`, which are
-moved into the chain at the next write.
+The chain cannot show a missing tail; the audit head `registry.json` keeps (aliases.py) can:
+the audit must reach it, and its line there must hash as recorded. Deliberately not checked:
+both files restored together to an earlier moment, a registry written before the head was
+kept (until its next move), and entries of a previous release kept inside `registry.json`,
+which are moved into the chain at the next write.
 """
 
 from __future__ import annotations
@@ -23,7 +25,14 @@ from pathlib import Path
 from typing import Any
 
 from backend.ml.fleet.specs import MODEL_NAMES
-from backend.ml.registry.aliases import entry_mac, first_prev, line_hash, replay
+from backend.ml.registry.aliases import (
+    AuditHead,
+    entry_mac,
+    first_prev,
+    head_mac,
+    line_hash,
+    replay,
+)
 from backend.ml.registry.signing import Signer
 from backend.ml.registry.store import ModelStore, StoreError
 
@@ -69,8 +78,9 @@ class Report:
                 f"{self.problems[0].line()}")
 
 
-def verify_chain(path: Path, signer: Signer) -> Report:
-    """Check every line of the audit at `path`, in order, against `signer`'s key.
+def verify_chain(path: Path, signer: Signer, head: AuditHead | None = None) -> Report:
+    """Check every line of the audit at `path`, in order, against `signer`'s key, and that
+    it reaches `head` (read before the audit: an append in between only adds lines).
 
     A line breaks the chain when it is not a JSON object, when its `prev` is not the hash of
     the line before it (of the genesis seed and the unsigned prefix, for the first chained
@@ -124,13 +134,38 @@ def verify_chain(path: Path, signer: Signer) -> Report:
                    if key_id != signer.key_id else "was changed after it was written")
             report.problems.append(Problem(where, f"its `mac` does not match: the entry {why}"))
         previous = line
+    if head is not None:
+        report.problems += _head_problems(data, signer, head)
     return report
+
+
+def _head_problems(data: bytes, signer: Signer, head: AuditHead) -> list[Problem]:
+    """Whether the audit `data` reaches the head registry.json records, and the head is the
+    signing key holder's."""
+    where = "registry.json (audit head)"
+    if head.key_id != signer.key_id:
+        return [Problem(where, f"was signed with key {head.key_id!r}, not the current key "
+                               f"{signer.key_id!r}")]
+    if not head.mac.isascii() or not hmac.compare_digest(
+            head.mac, head_mac(signer, head.size, head.hash)):
+        return [Problem(where, "its `mac` does not match: it was changed after it was written")]
+    # Found anywhere, the head's line is there: a shift of its place is an earlier line's
+    # edit, which the chain names already.
+    whole = data.rfind(b"\n") + 1
+    if any(line_hash(line) == head.hash for line in data[:whole].split(b"\n")):
+        return []
+    if whole < head.size:
+        return [Problem("audit.jsonl", f"ends at byte {whole}, short of the {head.size} bytes "
+                                       "registry.json records: its newest entries were removed")]
+    return [Problem("audit.jsonl", "does not hold the entry registry.json records as its "
+                                   "newest: entries were replaced or removed")]
 
 
 def verify_store(store: ModelStore) -> Report:
     """The audit chain, the registry's production versions against the audit replayed, then
     every committed version of every model (signature, then the model file's SHA-256)."""
-    report = verify_chain(store.book.audit_path, store.signer)
+    head = store.book.read().audit_head
+    report = verify_chain(store.book.audit_path, store.signer, head)
     replayed = replay(store.book.audit())
     for name in MODEL_NAMES:
         # registry.json is not signed: a production alias the audit never moved there is
@@ -156,7 +191,8 @@ def check_audit_chain(store: ModelStore, on_alert: Notify) -> Report | None:
     broken entry; serving is left alone. None when the chain cannot be read at all (no key,
     unreadable file): logged, as the store's own errors will say it again."""
     try:
-        report = verify_chain(store.book.audit_path, store.signer)
+        head = store.book.read().audit_head
+        report = verify_chain(store.book.audit_path, store.signer, head)
     except (OSError, StoreError) as exc:
         logger.error("cannot check the audit chain %s: %s", store.book.audit_path, exc)
         return None
