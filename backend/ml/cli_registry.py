@@ -164,6 +164,16 @@ def cmd_sign(args: argparse.Namespace, settings: Settings) -> int:
     left = sum(1 for row in report if row["result"].startswith("left"))
     print(f"signed {signed}, left unsigned {left}, of {len(report)} version(s); key "
           f"{store.signer.key_id} ({store.signer.source})")
+    if previous is not None:
+        from backend.ml.registry.rechain import resign_audit
+        from backend.ml.registry.store import StoreError
+
+        try:
+            entries = resign_audit(store, previous)
+        except StoreError as exc:
+            raise CommandError(str(exc)) from None
+        print(f"audit: signed {entries} entr{'y' if entries == 1 else 'ies'} again with key "
+              f"{store.signer.key_id}")
     return 0 if left == 0 else EXIT_FAILED_RUN
 
 

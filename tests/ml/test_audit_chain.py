@@ -16,7 +16,7 @@ from sklearn.pipeline import Pipeline
 from backend.ml import cli, cli_registry
 from backend.ml.config import Settings
 from backend.ml.registry.aliases import GENESIS, AliasMove, first_prev, line_hash, replay
-from backend.ml.registry.signing import signer_for
+from backend.ml.registry.signing import signer_for, signer_from_file
 from backend.ml.registry.store import ModelStore
 from backend.ml.registry.verify import check_audit_chain, verify_chain, verify_store
 from tests.ml.test_store import NAME, fit, result
@@ -281,3 +281,40 @@ def test_the_parsed_audit_follows_appends_and_edits(store: ModelStore) -> None:
     write_lines(store, lines)  # same size, new bytes
     assert store.audit(name=NAME)[-1]["reason"] == "FIRST"
     assert not verify_chain(store.book.audit_path, store.signer).ok
+
+
+def test_a_key_rotation_signs_the_audit_again_and_verify_passes(
+        store: ModelStore, settings: Settings, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    old_key = tmp_path / "old.key"
+    old_key.write_text(str(settings.MODEL_SIGNING_KEY))
+    rotated = settings.model_copy(update={"MODEL_SIGNING_KEY": "rotated-key-" + "7" * 40})
+    moves_before = store.audit(None)
+    new_store = ModelStore(rotated.MODELS_DIR, signer=signer_for(rotated))
+    new_store.sign(previous=signer_from_file(old_key))  # the versions only, as before
+    new_store.promote(NAME, "v0002", reason="after the rotation", actor="cli")  # new key
+    report = verify_store(new_store)
+    assert not report.ok and "not the current key" in report.problems[0].message
+
+    args = argparse.Namespace(trust_existing=False, previous_key_file=old_key)
+    assert cli_registry.cmd_sign(args, rotated) == 0
+    assert "audit: signed 4 entries again" in capsys.readouterr().out
+    assert verify_store(new_store).ok
+    assert new_store.audit(None)[1:] == moves_before  # what each entry says is unchanged
+    assert cli_registry.cmd_sign(args, rotated) == 0  # again: nothing left to do
+    assert "audit: signed 0 entries" in capsys.readouterr().out
+
+
+def test_a_rotation_leaves_a_broken_audit_as_it_is(
+        store: ModelStore, settings: Settings, tmp_path: Path) -> None:
+    old_key = tmp_path / "old.key"
+    old_key.write_text(str(settings.MODEL_SIGNING_KEY))
+    lines = audit_lines(store)
+    lines[0] = lines[0].replace('"first"', '"edited"')
+    write_lines(store, lines)
+    before = store.book.audit_path.read_bytes()
+    rotated = settings.model_copy(update={"MODEL_SIGNING_KEY": "rotated-key-" + "7" * 40})
+    args = argparse.Namespace(trust_existing=False, previous_key_file=old_key)
+    with pytest.raises(cli.CommandError, match="audit was left as it is: audit.jsonl line 1"):
+        cli_registry.cmd_sign(args, rotated)
+    assert store.book.audit_path.read_bytes() == before

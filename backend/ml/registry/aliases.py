@@ -50,7 +50,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from backend.ml.fsio import FILE_MODE, ensure_dir
+from backend.ml.fsio import FILE_MODE, atomic_write_bytes, ensure_dir
 from backend.ml.statefile import Recovery, StateFile
 
 if TYPE_CHECKING:
@@ -300,6 +300,14 @@ class AliasBook:
         self._parsed = _ParsedAudit((stat.st_dev, stat.st_ino, len(data), stat.st_mtime_ns),
                                     whole, hashlib.sha256(data[:whole]).digest(), moves, tail)
         return [*moves, *tail]
+
+    def replace_audit(self, payload: bytes, signer: Signer) -> None:
+        """(Inside `update`.) Replace the audit with `payload`, whole chained lines signed
+        by `signer` (a key rotation: rechain.py), atomically, and record its head."""
+        atomic_write_bytes(self.audit_path, payload)
+        last = line_hash(payload[:-1].rsplit(b"\n", 1)[-1])
+        self._head = AuditHead(size=len(payload), hash=last, key_id=signer.key_id,
+                               mac=head_mac(signer, len(payload), last))
 
     def _append(self, moves: Iterable[AliasMove]) -> None:
         """(Lock held.) Append moves as chained, signed lines and fsync them."""

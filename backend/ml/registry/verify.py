@@ -78,9 +78,11 @@ class Report:
                 f"{self.problems[0].line()}")
 
 
-def verify_chain(path: Path, signer: Signer, head: AuditHead | None = None) -> Report:
-    """Check every line of the audit at `path`, in order, against `signer`'s key, and that
-    it reaches `head` (read before the audit: an append in between only adds lines).
+def verify_chain(path: Path, signer: Signer, head: AuditHead | None = None, *,
+                 previous_key: Signer | None = None) -> Report:
+    """Check every line of the audit at `path`, in order, against `signer`'s key (or
+    `previous_key`'s, for the lines it signed: a key rotation, rechain.py), and that it reaches
+    `head` (read before the audit: an append in between only adds lines).
 
     A line breaks the chain when it is not a JSON object, when its `prev` is not the hash of
     the line before it (of the genesis seed and the unsigned prefix, for the first chained
@@ -127,11 +129,13 @@ def verify_chain(path: Path, signer: Signer, head: AuditHead | None = None) -> R
                                            "`prev` differs): an entry before it was changed, "
                                            "removed, inserted or reordered"))
         mac = entry.get("mac")
+        key = (previous_key if previous_key and entry.get("key_id") == previous_key.key_id
+               else signer)
         if (not isinstance(mac, str) or not mac.isascii()
-                or not hmac.compare_digest(mac, entry_mac(signer, entry))):
+                or not hmac.compare_digest(mac, entry_mac(key, entry))):
             key_id = entry.get("key_id")
             why = (f"was signed with key {key_id!r}, not the current key {signer.key_id!r}"
-                   if key_id != signer.key_id else "was changed after it was written")
+                   if key_id != key.key_id else "was changed after it was written")
             report.problems.append(Problem(where, f"its `mac` does not match: the entry {why}"))
         previous = line
     if head is not None:
