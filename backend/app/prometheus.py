@@ -113,6 +113,14 @@ class FleetCollector(Collector):
                                   labels=[*MODEL_LABELS, "state"])
         degraded = gauge("ml_model_degraded", "1 while the model's state is "
                          + " or ".join(sorted(DEGRADED_STATES)) + ", else 0")
+        # An estimate is never a score: its own names, absent when the newest check had
+        # labels enough (or the model, an anomaly detector, is not estimated).
+        estimated = {key: gauge(f"ml_model_estimated_score{suffix}", text)
+                     for key, suffix, text in (
+            ("estimated_value", "", "Score estimated on fresh rows whose labels are pending "
+             "in the newest check (an estimate, not a measured score; absent: none)"),
+            ("estimated_low", "_low", "Low end of the estimated score's 95% interval"),
+            ("estimated_high", "_high", "High end of the estimated score's 95% interval"))}
         for row in fleet:
             labels = [row.name, row.group]
             meta = row.production or {}
@@ -131,7 +139,11 @@ class FleetCollector(Collector):
             for each in Health:
                 state.add_metric([*labels, each.value], float(row.health.state == each))
             degraded.add_metric(labels, float(row.health.degraded))
-        yield from (score, live, threshold, version, trained, drift, state, degraded)
+            for key, value in row.estimated_fields().items():
+                if key in estimated and value is not None:
+                    estimated[key].add_metric(labels, value)
+        yield from (score, live, threshold, version, trained, drift, state, degraded,
+                    *estimated.values())
 
     def _history(self) -> Iterator[Metric]:
         totals = self.services.history.metrics_totals()

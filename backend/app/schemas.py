@@ -4,7 +4,8 @@ Every answer is an envelope: `{"status": "success", "data": ...}` or `{"status":
 "error": {"code", "message"}}` (the original guide's contract). Records that come from the
 ML core (history entries, version metadata, check results) declare the fields a client can
 rely on and let any others through (`extra="allow"`), so a new field in the history does
-not need an API release to be seen.
+not need an API release to be seen. A model timeline's shapes are beside the one route
+that answers with them (`routes/dashboard.py`).
 """
 
 from __future__ import annotations
@@ -197,8 +198,24 @@ class Aliases(BaseModel):
     previous: str | None
 
 
-class LiveCheck(Open):
-    """One model's entry of the newest performance check that scored it."""
+ESTIMATE_WORDS = ("An estimate, never a score: with too few fresh labelled rows, the "
+                  "model's metric estimated on fresh rows whose labels are pending (CBPE for "
+                  "classifiers, direct loss estimation for regressors; anomaly detection is "
+                  "not estimated). ")
+
+
+class EstimatedScore(BaseModel):
+    """The estimated_* fields, wherever a score is shown beside them."""
+
+    estimated_value: float | None = Field(None, description=ESTIMATE_WORDS + "The value.")
+    estimated_low: float | None = Field(None, description="Low end of its 95% interval.")
+    estimated_high: float | None = Field(None, description="High end of its 95% interval.")
+    estimate_method: Literal["cbpe", "direct_loss_estimation"] | None = None
+    estimated_rows: int | None = Field(None, description="Rows with pending labels it is on.")
+
+
+class LiveCheck(EstimatedScore, Open):
+    """One model's entry of the newest performance check that scored or estimated it."""
 
     check_id: str | None = None
     timestamp: str | None = None
@@ -207,13 +224,18 @@ class LiveCheck(Open):
     samples: int | None = None
     verdict: str | None = None
     drift: dict[str, Any] | None = None
+    estimate_note: str | None = Field(None, description="Why no estimate was made (e.g. "
+                                                        "anomaly detection is not estimated).")
+    realized: list[dict[str, Any]] | None = Field(None, description=(
+        "Earlier estimates whose labels arrived in this check: each with `realized_value` "
+        "and `estimation_error` (estimated minus realized) beside the estimate."))
 
 
 ModelState = Literal["no_version", "retraining", "training", "cooling_down", "degraded",
-                     "watch", "below_threshold", "healthy"]
+                     "watch", "estimated_below_threshold", "below_threshold", "healthy"]
 
 
-class ModelSummary(BaseModel):
+class ModelSummary(EstimatedScore):
     name: str
     group: str
     task: str
@@ -232,6 +254,8 @@ class ModelSummary(BaseModel):
         "run includes it), `cooling_down` (retrains exhausted; waits for new data or the "
         "next daily run), `degraded` or `watch` (the monitor's verdict on the serving "
         "version: below threshold, or below once by less than the margin), "
+        "`estimated_below_threshold` (too few labels; the estimate's whole interval is under "
+        "the threshold: a warning until labels confirm it), "
         "`below_threshold` (the serving version's own holdout score is under its "
         "threshold), `healthy`. Defined once, in backend/ml/monitoring/health.py."))
     state_reason: str = Field(description="Why the model is in that state, for people.")
@@ -239,31 +263,6 @@ class ModelSummary(BaseModel):
 
 class ModelList(BaseModel):
     models: list[ModelSummary]
-
-
-class TimelinePoint(BaseModel):
-    time: str
-    score: float
-    kind: Literal["training", "live"] = Field(description="`training`: a version's score on "
-                                                          "its holdout; `live`: a check's "
-                                                          "score on fresh data.")
-    version: str | None
-
-
-class TimelineEvent(BaseModel):
-    time: str
-    kind: Literal["retrain", "promotion", "rollback", "alert"]
-    detail: str
-    version: str | None = Field(None, description="The version it concerns, when one does.")
-
-
-class Timeline(BaseModel):
-    model: str
-    metric: str
-    threshold: float
-    aliases: Aliases
-    points: list[TimelinePoint] = Field(description="Oldest first.")
-    events: list[TimelineEvent] = Field(description="Oldest first.")
 
 
 class Feature(BaseModel):

@@ -206,6 +206,9 @@ def cmd_check(args: argparse.Namespace, settings: Settings) -> int:
         outcome = ("" if not retrain else " retrained: recovered" if retrain.get("recovered")
                    else f" retrain: {retrain.get('skipped') or 'not recovered'}")
         score = "" if live is None else f"live {live:.3f} / {result['threshold']:.2f}"
+        if "estimated_value" in result:  # labels pending: an estimate, never a live score
+            score = (f"estimated {result['estimated_value']:.3f} [{result['estimated_low']:.3f}"
+                     f", {result['estimated_high']:.3f}] / {result['threshold']:.2f}")
         drifted = "  drift: " + ", ".join(f for f, _ in drift) if drift else ""
         print(f"  {name:<25}{result['verdict']:<26}{score}{drifted}{outcome}")
     return 0

@@ -148,7 +148,9 @@ def cmd_restore(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_sign(args: argparse.Namespace, settings: Settings) -> int:
+    from backend.ml.registry.rotation import resign_audit, sign_versions
     from backend.ml.registry.signing import signer_from_file
+    from backend.ml.registry.store import StoreError
     from backend.ml.runs.services import Services
 
     if not (args.trust_existing or args.previous_key_file):
@@ -157,7 +159,7 @@ def cmd_sign(args: argparse.Namespace, settings: Settings) -> int:
                            "the versions that verify under an old key)")
     previous = signer_from_file(args.previous_key_file) if args.previous_key_file else None
     store = Services.from_settings(settings).store
-    report = store.sign(trust_existing=args.trust_existing, previous=previous)
+    report = sign_versions(store, trust_existing=args.trust_existing, previous=previous)
     for row in report:
         print(f"{row['name']} {row['version']}: {row['result']}")
     signed = sum(1 for row in report if row["result"].startswith("signed"))
@@ -165,9 +167,6 @@ def cmd_sign(args: argparse.Namespace, settings: Settings) -> int:
     print(f"signed {signed}, left unsigned {left}, of {len(report)} version(s); key "
           f"{store.signer.key_id} ({store.signer.source})")
     if previous is not None:
-        from backend.ml.registry.rechain import resign_audit
-        from backend.ml.registry.store import StoreError
-
         try:
             entries = resign_audit(store, previous)
         except StoreError as exc:

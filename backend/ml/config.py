@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -19,6 +19,9 @@ from pydantic import Field, ValidationError, ValidationInfo, field_validator, mo
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from backend.ml.fleet.specs import ModelSpec, threshold_for
+
+if TYPE_CHECKING:
+    from backend.ml.data.labels import LabelDelays
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ML_DIR = REPO_ROOT / "backend" / "ml"
@@ -87,6 +90,11 @@ class Settings(BaseSettings):
     PROMOTION_MIN_SLICE_ROWS: int = Field(50, ge=1)
     PROMOTION_SLICE_LIMIT: float = Field(0.05, ge=0.0, le=1.0)
     KEEP_CANDIDATES: int = Field(3, ge=0)
+    # When too few fresh rows are labelled, the check estimates a model's score on the
+    # unlabelled ones (monitoring/estimate.py). An estimate whose 95% interval lies wholly
+    # under the threshold is a warning ("estimated below threshold"); `retrain` lets it also
+    # start the retrain a degraded check would, `warn` retrains only once labels confirm.
+    ESTIMATE_ACTION: Literal["warn", "retrain"] = "warn"
     MODELS_DIR: Path = Path("backend/ml/models")
     LOGS_DIR: Path = Path("backend/ml/logs")
     HISTORY_FILE: Path | None = None
@@ -131,6 +139,15 @@ class Settings(BaseSettings):
     SHADOW_QUEUE_SIZE: int = Field(100, ge=1, le=10_000)
     SHADOW_TIMEOUT_SECONDS: float = Field(5.0, gt=0.0, le=600.0)
     SHADOW_SAMPLE_RATE: float = Field(1.0, gt=0.0, le=1.0)
+    # When the synthetic plant learns its outcomes (`backend.ml.data.labels`): a shipment
+    # this many days after delivery, telemetry's failure flag these days after the reading,
+    # a scorecard's next-quarter rating these months after its month, a dispatch decision's
+    # payoff these days after it, a day's demand these days after the day's start.
+    LABEL_SETTLEMENT_DAYS: float = Field(3.0, ge=0.0, le=365.0)
+    LABEL_TELEMETRY_DAYS: float = Field(30.0, ge=0.0, le=365.0)
+    LABEL_SCORECARD_MONTHS: int = Field(3, ge=0, le=24)
+    LABEL_DISPATCH_DAYS: float = Field(1.0, ge=0.0, le=365.0)
+    LABEL_DEMAND_DAYS: float = Field(1.0, ge=0.0, le=365.0)
 
     @field_validator("DATABASE_URL")
     @classmethod
@@ -264,6 +281,15 @@ class Settings(BaseSettings):
 
     def threshold_overrides(self) -> dict[str, float]:
         return {name: float(value) for name, value in self.MODEL_THRESHOLDS.items()}
+
+    def label_delays(self) -> LabelDelays:
+        from backend.ml.data.labels import LabelDelays  # pandas: not for read-only commands
+
+        return LabelDelays(settlement_days=self.LABEL_SETTLEMENT_DAYS,
+                           demand_days=self.LABEL_DEMAND_DAYS,
+                           telemetry_days=self.LABEL_TELEMETRY_DAYS,
+                           scorecard_months=self.LABEL_SCORECARD_MONTHS,
+                           dispatch_days=self.LABEL_DISPATCH_DAYS)
 
     def threshold_for(self, spec: ModelSpec) -> float:
         """The score below which `spec`'s model counts as failing, as configured here."""

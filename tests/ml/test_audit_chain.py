@@ -16,6 +16,7 @@ from sklearn.pipeline import Pipeline
 from backend.ml import cli, cli_registry
 from backend.ml.config import Settings
 from backend.ml.registry.aliases import GENESIS, AliasMove, first_prev, line_hash, replay
+from backend.ml.registry.rotation import sign_versions
 from backend.ml.registry.signing import signer_for, signer_from_file
 from backend.ml.registry.store import ModelStore
 from backend.ml.registry.verify import check_audit_chain, verify_chain, verify_store
@@ -291,7 +292,7 @@ def test_a_key_rotation_signs_the_audit_again_and_verify_passes(
     rotated = settings.model_copy(update={"MODEL_SIGNING_KEY": "rotated-key-" + "7" * 40})
     moves_before = store.audit(None)
     new_store = ModelStore(rotated.MODELS_DIR, signer=signer_for(rotated))
-    new_store.sign(previous=signer_from_file(old_key))  # the versions only, as before
+    sign_versions(new_store, previous=signer_from_file(old_key))  # the versions only, as before
     new_store.promote(NAME, "v0002", reason="after the rotation", actor="cli")  # new key
     report = verify_store(new_store)
     assert not report.ok and "not the current key" in report.problems[0].message

@@ -53,8 +53,7 @@ def fresh_world(small_tables: Mapping[str, pd.DataFrame], scenario: str | None,
     """History plus `weeks` generated weeks after it; every label known (the test needs the
     realised score), which the estimator never reads."""
     days = weeks * 7
-    new = synthetic.generate(FIRST, days, seed=42, scenario=scenario,
-                             labelled_until=FIRST + timedelta(days=days))
+    new = synthetic.generate(FIRST, days, seed=42, scenario=scenario)
     # The history's last month is enough for every lag feature (`lookback_days`).
     since = pd.Timestamp(FIRST) - pd.Timedelta(days=HISTORY_DAYS)
     return {t: pd.concat([history[history[schema.time_column(t)] >= since], frame],

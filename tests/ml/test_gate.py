@@ -14,8 +14,9 @@ from backend.ml.config import Settings
 from backend.ml.fleet import specs
 from backend.ml.fleet.scoring import get_metric
 from backend.ml.registry.promotion import (
-    BLOCK_CELLS,
     Interval,
+    _on_rows,
+    _resampled_differences,
     paired_bootstrap,
     promotion_decision,
     worst_slice,
@@ -139,30 +140,90 @@ def test_the_interval_alone_decides_between_the_tolerances() -> None:
                                   "difference +0.0040, 90% interval [-0.0120, +0.0190]")
 
 
-@pytest.mark.parametrize("metric", ["r2", "one_minus_wape", "accuracy", "balanced_accuracy",
-                                    "roc_auc"])
-def test_the_vectorized_bootstrap_equals_scoring_each_resample(metric: str) -> None:
-    rng = np.random.default_rng(5)
-    n, resamples = 300, 40
+def metric_case(metric: str, rng: np.random.Generator,
+                n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Truth, candidate and production for `metric`, with ties among ROC AUC's scores."""
     y, candidate, production = noisy_pair(rng, n, candidate_noise=0.45)
     if metric == "one_minus_wape":
-        y, candidate, production = y + 3, candidate + 3, production + 3
-    elif metric in ("accuracy", "balanced_accuracy"):
+        return y + 3, candidate + 3, production + 3
+    if metric in ("accuracy", "balanced_accuracy"):
         y, candidate, production = (np.digitize(a, [-1.0, 0.2, 1.5]) for a in
                                     (y, candidate, production))
-    elif metric == "roc_auc":  # with ties among the scores
-        y, production = (y > 0.5).astype(int), production.round(1)
-    assert resamples * n <= BLOCK_CELLS  # one block: the same draws as below
+        return y, candidate, production
+    if metric == "roc_auc":
+        return (y > 0.5).astype(int), candidate, production.round(1)
+    return y, candidate, production
+
+
+@pytest.mark.parametrize("metric", ["r2", "one_minus_wape", "accuracy", "balanced_accuracy",
+                                    "roc_auc"])
+def test_the_vectorized_differences_equal_scoring_each_resample(metric: str) -> None:
+    rng = np.random.default_rng(5)
+    n, resamples = 300, 40
+    y, candidate, production = metric_case(metric, rng, n)
     idx = np.random.default_rng(9).integers(0, n, size=(resamples, n))
     score = get_metric(metric).score
     looped = [score(y[i], candidate[i]) - score(y[i], production[i]) for i in idx]
-    expected = np.quantile(looped, [0.05, 0.95])
-    got = paired_bootstrap(metric, y, candidate, production, resamples=resamples, seed=9,
-                           confidence=0.9)
-    assert got is not None and got.resamples == resamples
-    np.testing.assert_allclose([got.low, got.high], expected, atol=2e-6)
-    assert got.difference == pytest.approx(score(y, candidate) - score(y, production),
-                                           abs=1e-6)
+    got = _on_rows(metric, y, candidate, production)(idx)
+    np.testing.assert_allclose(got, looped, atol=1e-9)
+    interval = paired_bootstrap(metric, y, candidate, production, resamples=resamples,
+                                seed=9, confidence=0.9)
+    assert interval is not None and interval.resamples == resamples
+    assert interval.difference == pytest.approx(score(y, candidate) - score(y, production),
+                                                abs=1e-6)
+
+
+@pytest.mark.parametrize("metric", ["accuracy", "balanced_accuracy"])
+def test_drawing_counts_of_each_outcome_is_drawing_rows(metric: str) -> None:
+    """Hits and misses (by class) resampled as multinomial counts give the distribution of
+    resampling the rows themselves: the same quantiles within their sampling error."""
+    rng = np.random.default_rng(21)
+    y, candidate, production = metric_case(metric, rng, 300)
+    by_counts = _resampled_differences(metric, y, candidate, production, resamples=10_000,
+                                       rng=np.random.default_rng(1))
+    idx = np.random.default_rng(2).integers(0, len(y), size=(10_000, len(y)))
+    by_rows = _on_rows(metric, y, candidate, production)(idx)
+    quantiles = [0.05, 0.25, 0.5, 0.75, 0.95]
+    spread = float(np.std(by_rows))
+    assert spread > 0.005  # a real spread to compare
+    np.testing.assert_allclose(np.quantile(by_counts, quantiles),
+                               np.quantile(by_rows, quantiles), atol=0.1 * spread)
+
+
+@pytest.mark.parametrize("metric", ["r2", "one_minus_wape", "accuracy", "balanced_accuracy",
+                                    "roc_auc"])
+def test_the_same_seed_draws_the_same_interval(metric: str) -> None:
+    y, candidate, production = metric_case(metric, np.random.default_rng(4), 500)
+
+    def draw(seed: int) -> Interval | None:
+        return paired_bootstrap(metric, y, candidate, production, resamples=300,
+                                seed=seed, confidence=0.9)
+    assert draw(3) == draw(3)
+    assert draw(3) != draw(4)
+
+
+@pytest.mark.parametrize("metric", ["r2", "one_minus_wape", "accuracy", "balanced_accuracy",
+                                    "roc_auc"])
+def test_slices_scored_at_once_equal_scoring_each_slice(metric: str) -> None:
+    rng = np.random.default_rng(8)
+    y, candidate, production = metric_case(metric, rng, 3000)
+    destination = DESTINATIONS[rng.integers(0, len(DESTINATIONS), size=len(y))]
+    worst = worst_slice(metric, y, candidate, production, {"destination": destination},
+                        min_rows=MIN_ROWS)
+    score = get_metric(metric).score
+    variance = float(np.var(y.astype(float)))
+    gaps = {}
+    for value in DESTINATIONS:
+        rows = destination == value
+        if metric == "r2":  # against the whole holdout's variance
+            gaps[value] = float(np.mean((y[rows] - production[rows]) ** 2
+                                        - (y[rows] - candidate[rows]) ** 2) / variance)
+        else:
+            gaps[value] = score(y[rows], candidate[rows]) - score(y[rows], production[rows])
+    lowest = min(gaps, key=lambda v: gaps[v])
+    assert worst is not None and worst.value == lowest
+    assert worst.difference == pytest.approx(gaps[lowest], abs=1e-6)
+    assert worst.rows == int((destination == lowest).sum())
 
 
 @pytest.mark.parametrize("metric", ["r2", "balanced_accuracy", "roc_auc"])

@@ -15,8 +15,9 @@ pytestmark = pytest.mark.postgres
 
 
 def test_all_17_train_on_postgres(postgres_url: str) -> None:
+    # force: the session's database may hold another test's world already
     counts = synthetic.init_db(loading.writable_engine(postgres_url), days=300,
-                             end=date(2026, 10, 31))
+                               end=date(2026, 10, 31), force=True)
     assert counts["shipments"] > 30_000
     engine = loading.readonly_engine(postgres_url)
     chosen = list(specs.SPECS.values())

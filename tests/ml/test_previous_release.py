@@ -18,6 +18,7 @@ from backend.ml.history import History
 from backend.ml.monitoring.health import read_fleet
 from backend.ml.monitoring.state import read_state
 from backend.ml.registry.backups import list_backups, restore_backup
+from backend.ml.registry.rotation import sign_versions
 from backend.ml.registry.store import ModelStore, SignatureError, StoreError
 from backend.ml.runs.progress import current_run, progress_file
 
@@ -37,7 +38,7 @@ def test_versions_aliases_and_audit_load_and_the_audit_moves_out_at_the_next_wri
     assert store.aliases(NAME) == {"production": "v0001", "previous": "v0002"}
     with pytest.raises(SignatureError, match="sign --trust-existing"):
         store.load(NAME)
-    assert {r["result"] for r in store.sign(trust_existing=True)
+    assert {r["result"] for r in sign_versions(store, trust_existing=True)
             if r["name"] == NAME} == {"signed (trusted as found)"}
     estimator, meta = store.load(NAME)
     assert meta["version"] == "v0001" and hasattr(estimator, "predict")
@@ -60,7 +61,7 @@ def test_the_backup_set_lists_and_restores(state: Path) -> None:
     [backup] = list_backups(state / "logs")
     assert backup["models"] == {NAME: "v0001"}
     store = ModelStore(state / "models")
-    store.sign(trust_existing=True)
+    sign_versions(store, trust_existing=True)
     store.rollback(NAME, to="v0002", actor="cli")
     with pytest.raises(StoreError, match="--trust-existing"):
         restore_backup(state / "models", Path(backup["path"]), key=None, actor="cli")

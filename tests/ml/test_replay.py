@@ -19,6 +19,7 @@ from backend.ml.config import Settings
 from backend.ml.data import loading, synthetic
 from backend.ml.fleet import specs
 from backend.ml.registry import formats
+from backend.ml.registry.rotation import sign_versions
 from backend.ml.runs.runner import Runner
 from backend.ml.runs.services import Services
 from backend.ml.training import replay, trainer
@@ -153,7 +154,7 @@ def test_another_estimator_or_library_is_named(trained_store: Path, small_db: st
     meta["libraries"]["scikit-learn"] = "1.0.2"
     meta["model_hash"] = "0" * 32
     path.write_text(json.dumps(meta))
-    assert store_of(models).sign(trust_existing=True)  # the operator vouches for the edit
+    assert sign_versions(store_of(models), trust_existing=True)  # the operator vouches for the edit
 
     outcome = replayed(models, small_db)
     assert outcome.verdict == replay.DIFFERENT

@@ -178,6 +178,24 @@ def test_checksum_mismatch_is_refused_before_unpickling_and_serving_falls_back(
     assert len(alerts) == 1 and "nothing is served" in alerts[0][2]
 
 
+def test_a_repeated_load_reuses_the_verified_model_and_still_checks_the_file(
+        models_dir: Path, estimators: tuple[Pipeline, Pipeline],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    ms = ModelStore(models_dir, keep_loaded=True)
+    saved_and_promoted(ms, estimators[0])
+    unpickled = spy_on_deserializers(monkeypatch)
+    first, _ = ms.load(NAME)
+    again, _ = ms.load(NAME)
+    assert len(unpickled) == 1 and again is not first  # a copy, deserialised once
+    ModelStore(models_dir).load(NAME)
+    ModelStore(models_dir).load(NAME)
+    assert len(unpickled) == 3  # by default nothing is kept
+    np.testing.assert_allclose(predict(again), predict(estimators[0]))
+    flip_byte(models_dir / NAME / "v0001.skops")
+    with pytest.raises(ChecksumError):
+        ms.load(NAME)
+
+
 def test_an_unreadable_registry_is_rebuilt_from_the_audit_and_production_serves(
         models_dir: Path, estimators: tuple[Pipeline, Pipeline]) -> None:
     recoveries = []

@@ -13,13 +13,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse
+from pydantic import BaseModel, Field
 
 from backend.app.deps import ServicesDep, SettingsDep, SpecDep
-from backend.app.schemas import Envelope, Timeline, error_responses
+from backend.app.schemas import Aliases, Envelope, EstimatedScore, error_responses
 from backend.ml.fleet import specs
 from backend.ml.history import parse_timestamp
 from backend.ml.runs.services import Services
@@ -132,6 +133,45 @@ def dashboard(request: Request) -> HTMLResponse:
 
 
 # ---- a model's timeline --------------------------------------------------------------------
+# Its shapes live here, beside the one route that answers with them.
+
+
+class TimelinePoint(BaseModel):
+    time: str
+    score: float
+    kind: Literal["training", "live"] = Field(description="`training`: a version's score on "
+                                                          "its holdout; `live`: a check's "
+                                                          "score on fresh data.")
+    version: str | None
+
+
+class TimelineEvent(BaseModel):
+    time: str
+    kind: Literal["retrain", "promotion", "rollback", "alert"]
+    detail: str
+    version: str | None = Field(None, description="The version it concerns, when one does.")
+
+
+class TimelineEstimate(EstimatedScore):
+    """A check's estimate, and once its labels arrived the realized score beside it."""
+
+    time: str = Field(description="When the check estimated it.")
+    version: str | None
+    realized_value: float | None = Field(None, description="The score once the labels "
+                                                           "arrived (null: not yet).")
+    estimation_error: float | None = Field(None, description="estimated minus realized.")
+
+
+class Timeline(BaseModel):
+    model: str
+    metric: str
+    threshold: float
+    aliases: Aliases
+    points: list[TimelinePoint] = Field(description="Oldest first.")
+    events: list[TimelineEvent] = Field(description="Oldest first.")
+    estimates: list[TimelineEstimate] = Field(default_factory=list, description=(
+        "Oldest first; never among `points`: an estimate is not a score."))
+
 
 
 def newest(items: Iterable[dict[str, Any]], limit: int) -> list[dict[str, Any]]:
@@ -163,6 +203,33 @@ def live_points(services: Services, name: str, limit: int) -> list[dict[str, Any
             points.append({"time": check.get("timestamp"), "score": entry["live_score"],
                            "kind": "live", "version": entry.get("version")})
     return points
+
+
+ESTIMATED_KEYS = ("estimated_value", "estimated_low", "estimated_high", "estimate_method",
+                  "estimated_rows")
+
+
+def estimate_points(services: Services, name: str, limit: int) -> list[dict[str, Any]]:
+    """Each check's estimate on rows whose labels were pending, with the realized score a
+    later check recorded beside it (linked by the estimate's check id)."""
+    found: dict[str, dict[str, Any]] = {}
+    realized: list[dict[str, Any]] = []
+    for check in services.history.checks(limit=limit, model=name):
+        entry = (check.get("models") or {}).get(name)
+        if not isinstance(entry, dict):
+            continue
+        realized += [r for r in entry.get("realized") or () if isinstance(r, dict)]
+        if isinstance(entry.get("estimated_value"), int | float):
+            found[str(check.get("check_id"))] = {
+                "time": check.get("timestamp"), "version": entry.get("version"),
+                **{k: entry.get(k) for k in ESTIMATED_KEYS}}
+    for record in realized:  # an estimate older than the checks read comes from its record
+        point = found.setdefault(str(record.get("estimate_check_id")), {
+            "time": record.get("estimated_at"), "version": record.get("version"),
+            **{k: record.get(k) for k in ESTIMATED_KEYS}})
+        point.update(realized_value=record.get("realized_value"),
+                     estimation_error=record.get("estimation_error"))
+    return list(found.values())
 
 
 def alias_events(services: Services, name: str, limit: int) -> list[dict[str, Any]]:
@@ -213,7 +280,9 @@ def model_timeline(
         ))] = 200) -> Envelope[Timeline]:
     """A model's accuracy over time, for a chart: each version's score on its holdout and
     each check's live score (`points`), and what happened to it (`events`: retrains,
-    promotions, rollbacks, alerts). Both oldest first; a model never trained has none."""
+    promotions, rollbacks, alerts). Both oldest first; a model never trained has none.
+    `estimates`: scores estimated while labels were pending, each with the realized score
+    once they arrived (never among `points`)."""
     name = spec.name
     events = [*alias_events(services, name, limit), *retrain_events(services, name, limit),
               *alert_events(services, name, limit)]
@@ -222,4 +291,5 @@ def model_timeline(
         "aliases": services.store.aliases(name),
         "points": newest([*newest(training_points(services, name), limit),
                           *newest(live_points(services, name, limit), limit)], 2 * limit),
-        "events": newest(events, limit)}))
+        "events": newest(events, limit),
+        "estimates": newest(estimate_points(services, name, limit), limit)}))

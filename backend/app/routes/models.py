@@ -45,7 +45,7 @@ from backend.ml.runs.services import Services
 from backend.ml.training import trainer
 
 router = APIRouter(prefix="/ml/models", tags=["models"])
-BULKY = ("feature_stats",)
+BULKY = ("feature_stats", "performance_estimator")
 MAX_FIELD_ERRORS = 20
 
 
@@ -67,7 +67,8 @@ def list_models(settings: SettingsDep, services: ServicesDep) -> Envelope[ModelL
             "baseline": meta.get("baseline"), "passed": meta.get("passed"),
             "trained_at": meta.get("created_at"),
             "last_check": newest_check(services.history, status.name), "error": status.error,
-            "state": status.health.state.value, "state_reason": status.health.reason})
+            "state": status.health.state.value, "state_reason": status.health.reason,
+            **status.estimated_fields()})
     return Envelope(data=ModelList.model_validate({"models": rows}))
 
 

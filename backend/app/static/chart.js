@@ -15,6 +15,8 @@
     12 * HOUR, DAY, 2 * DAY, 7 * DAY, 14 * DAY, 30 * DAY, 91 * DAY, 182 * DAY, 365 * DAY];
   var LEGEND = [
     ['training', 'Version score (holdout)'], ['live', 'Live score (checks)'],
+    ['estimated', 'Estimated (labels pending), 95% interval'],
+    ['realized', 'Realized once labels arrived'],
     ['threshold', 'Threshold'], ['promotion', 'Promotion'], ['rollback', 'Rollback'],
     ['retrain', 'Retrain'], ['alert', 'Alert']
   ];
@@ -85,13 +87,39 @@
     return list;
   }
 
+  /* Estimates as their own dashed series with each interval as a bar, never joined to the
+     scores; the realized score, once its labels arrived, as a dot beside it, linked by the
+     estimation error. */
+  function drawEstimates(estimates, x, y, root) {
+    if (!estimates.length) return;
+    var series = estimates.slice().sort(function (a, b) { return a.t - b.t; });
+    var g = svg('g', { class: 'series series-estimated' }, root);
+    svg('polyline', {
+      points: series.map(function (e) { return x(e.t) + ',' + y(e.estimated_value); }).join(' ')
+    }, g);
+    var done = svg('g', { class: 'series series-realized' }, root);
+    series.forEach(function (e) {
+      svg('line', { class: 'interval', x1: x(e.t), x2: x(e.t), y1: y(e.estimated_low), y2: y(e.estimated_high) }, g);
+      var dot = svg('circle', { cx: x(e.t), cy: y(e.estimated_value), r: 3 }, g);
+      svg('title', {}, dot, 'estimated ' + full(e.t) + ': ' + e.estimated_value.toFixed(4) + ' ['
+        + e.estimated_low.toFixed(4) + ', ' + e.estimated_high.toFixed(4) + '] on '
+        + e.estimated_rows + ' rows awaiting labels' + (e.version ? ' (' + e.version + ')' : ''));
+      if (typeof e.realized_value !== 'number') return;
+      svg('line', { class: 'error', x1: x(e.t), x2: x(e.t), y1: y(e.estimated_value), y2: y(e.realized_value) }, done);
+      var real = svg('circle', { cx: x(e.t), cy: y(e.realized_value), r: 3 }, done);
+      svg('title', {}, real, 'realized ' + e.realized_value.toFixed(4) + ' once labels arrived; '
+        + 'estimation error ' + e.estimation_error.toFixed(4));
+    });
+  }
+
   function render(box, timeline) {
     box.textContent = '';
     var parse = function (item) { return Object.assign({ t: window.Dash.instant(item.time) }, item); };
     var ok = function (item) { return isFinite(item.t); };
     var points = timeline.points.map(parse).filter(ok);
     var events = timeline.events.map(parse).filter(ok);
-    if (!points.length && !events.length) {
+    var estimates = (timeline.estimates || []).map(parse).filter(ok);
+    if (!points.length && !events.length && !estimates.length) {
       var empty = document.createElement('p');
       empty.className = 'muted';
       empty.textContent = 'Nothing to chart yet: no version has been trained.';
@@ -101,13 +129,19 @@
     var width = Math.max(240, Math.floor(box.clientWidth || 600));
     var height = width < 480 ? 190 : 250;
     var m = { left: 42, right: 12, top: 20, bottom: 26 };
-    var times = points.concat(events).map(function (p) { return p.t; });
+    var times = points.concat(events, estimates).map(function (p) { return p.t; });
     var t0 = Math.min.apply(null, times);
     var t1 = Math.max.apply(null, times);
     var pad = Math.max((t1 - t0) * 0.04, MINUTE);
     t0 -= pad;
     t1 += pad;
-    var range = scoreRange(points.map(function (p) { return p.score; }).concat([timeline.threshold]));
+    var guessed = [];
+    estimates.forEach(function (e) {
+      guessed.push(e.estimated_low, e.estimated_high);
+      if (typeof e.realized_value === 'number') guessed.push(e.realized_value);
+    });
+    var range = scoreRange(points.map(function (p) { return p.score; })
+      .concat(guessed, [timeline.threshold]));
     var x = linear(t0, t1, m.left, width - m.right);
     var y = linear(range[0], range[1], height - m.bottom, m.top);
     var root = svg('svg', {
@@ -162,6 +196,7 @@
           + (serving ? ', serving now' : ''));
       });
     });
+    drawEstimates(estimates, x, y, root);
     box.appendChild(root);
     box.appendChild(legend());
   }

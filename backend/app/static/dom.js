@@ -11,6 +11,7 @@
   Dash.STATES = {
     no_version: 'No version', retraining: 'Retraining', training: 'Training',
     cooling_down: 'Cooling down', degraded: 'Degraded', watch: 'Watch',
+    estimated_below_threshold: 'Estimated below threshold',
     below_threshold: 'Below threshold', healthy: 'Healthy'
   };
   var DASH = '\u2014';

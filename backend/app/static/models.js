@@ -90,10 +90,26 @@
       return h('span', {}, num(check.live_score) + whose + ' on ' + check.samples + ' fresh rows, ',
         Dash.timeNode(check.timestamp));
     }
+    if (check.verdict === 'estimated' || check.verdict === 'estimated_below_threshold') {
+      return h('span', {}, 'waiting for labels; estimated instead (', Dash.timeNode(check.timestamp), ')');
+    }
     if (check.verdict === 'insufficient_fresh_data') {
       return h('span', {}, 'waiting for fresh data (', Dash.timeNode(check.timestamp), ')');
     }
     return h('span', {}, check.verdict || '\u2014');
+  }
+
+  /* The score estimated while labels are pending: its own row, labelled "estimated",
+     never in the Score row. Anomaly detection is not estimated, and says so. */
+  function estimated(m) {
+    if (typeof m.estimated_value === 'number') {
+      return h('span', { class: 'estimated', title: 'An estimate from the model\'s outputs on '
+        + 'rows whose labels have not arrived (' + m.estimate_method + '), not a measured score' },
+      'estimated ' + num(m.estimated_value) + ' [' + num(m.estimated_low) + ', '
+        + num(m.estimated_high) + '] on ' + m.estimated_rows + ' rows awaiting labels');
+    }
+    var note = m.last_check && m.last_check.estimate_note;
+    return m.task === 'anomaly' && note ? h('span', { class: 'muted' }, 'not estimated: ' + note) : null;
   }
 
   function drift(check) {
@@ -142,6 +158,7 @@
         meter(m.score, m.threshold))
       : 'threshold ' + num(m.threshold, 2) + ' ' + m.metric;
     var decided = gate(versions);
+    var guess = estimated(m);
     var version = m.production_version
       ? h('span', {}, m.production_version + ' \u00b7 trained ', Dash.timeNode(m.trained_at),
         ' \u00b7 ', h('a', {
@@ -152,6 +169,7 @@
     fill.apply(null, [card.facts].concat(
       Dash.fact('Version', version), Dash.fact('Score', score),
       Dash.fact('Live', live(m.last_check, m.production_version)),
+      guess ? Dash.fact('Estimated', guess) : [],
       Dash.fact('Drift', drift(m.last_check)),
       decided ? Dash.fact('Gate', decided) : []));
   }

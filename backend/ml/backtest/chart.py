@@ -1,5 +1,7 @@
 """backtest.svg: each policy's live score over the days (the mean over models of the
-check's live scores that day), with a vertical line at the scenario's first day.
+check's live scores that day), with a vertical line at the scenario's first day; dashed in
+the same colour, the mean of the estimates of the models that had only an estimate that day
+(too few labelled fresh rows: a policy that retrains every night may never have more).
 
 Hand-written SVG: a polyline a policy, a legend, two axes with a few ticks. A day with no
 score (no model had enough fresh rows) breaks the line rather than drawing it at zero.
@@ -17,12 +19,14 @@ COLOURS = {"nightly": "#1f77b4", "on_degrade": "#2ca02c", "on_estimate": "#9467b
            "never": "#d62728"}
 
 
-def daily_means(days: Sequence[Mapping[str, Any]]) -> list[float | None]:
-    """The mean over models of each day's live scores (None: no model had one)."""
+def daily_means(days: Sequence[Mapping[str, Any]],
+                key: str = "scores") -> list[float | None]:
+    """The mean over models of each day's live scores, or with key="estimates" of its
+    estimates (None: no model had one; documents older than estimates have none)."""
     means: list[float | None] = []
     for day in days:
-        scores = [s for s in day["scores"].values() if s is not None]
-        means.append(sum(scores) / len(scores) if scores else None)
+        values = [s for s in day.get(key, {}).values() if s is not None]
+        means.append(sum(values) / len(values) if values else None)
     return means
 
 
@@ -39,9 +43,12 @@ def _segments(points: Sequence[tuple[float, float] | None]) -> list[list[tuple[f
 
 def render(document: Mapping[str, Any]) -> str:
     """The chart of a backtest document, as SVG text."""
-    series = {name: daily_means(result["days"])
-              for name, result in document["policies"].items() if result.get("available")}
-    values = [v for means in series.values() for v in means if v is not None]
+    available = {n: r for n, r in document["policies"].items() if r.get("available")}
+    series = {name: daily_means(result["days"]) for name, result in available.items()}
+    estimated = {name: daily_means(result["days"], "estimates")
+                 for name, result in available.items()}
+    values = [v for means in (*series.values(), *estimated.values()) for v in means
+              if v is not None]
     low, high = (min(values), max(values)) if values else (0.0, 1.0)
     if high - low < 0.02:
         low, high = low - 0.01, high + 0.01
@@ -77,10 +84,17 @@ def render(document: Mapping[str, Any]) -> str:
                      f"{escape(str(document['scenario']))}</text>")
     for row, (name, means) in enumerate(series.items()):
         colour = COLOURS.get(name, "#333")
+        dashed = [None if v is None else (x(d), y(v)) for d, v in enumerate(estimated[name])]
+        for run in _segments(dashed):
+            coords = " ".join(f"{px:.1f},{py:.1f}" for px, py in run)
+            parts.append(f'<polyline class="estimate" data-policy="{escape(name)}" '
+                         f'points="{coords}" fill="none" stroke="{colour}" '
+                         f'stroke-width="1" stroke-dasharray="3 2"/>')
         points = [None if v is None else (x(d), y(v)) for d, v in enumerate(means)]
         for run in _segments(points):
             if len(run) == 1:  # a day between two days without a score: a dot, not a line
-                parts.append(f'<circle cx="{run[0][0]:.1f}" cy="{run[0][1]:.1f}" r="2" '
+                parts.append(f'<circle class="policy" data-policy="{escape(name)}" '
+                             f'cx="{run[0][0]:.1f}" cy="{run[0][1]:.1f}" r="2" '
                              f'fill="{colour}"/>')
                 continue
             coords = " ".join(f"{px:.1f},{py:.1f}" for px, py in run)
@@ -90,7 +104,9 @@ def render(document: Mapping[str, Any]) -> str:
         ly = TOP + 14 + row * 16
         parts.append(f'<line x1="{WIDTH - RIGHT + 10}" y1="{ly - 4}" x2="{WIDTH - RIGHT + 28}" '
                      f'y2="{ly - 4}" stroke="{colour}" stroke-width="2"/>')
-        label = name if any(v is not None for v in means) else f"{name} (no score)"
+        label = name if any(v is not None for v in means) else (
+            f"{name} (estimated only)" if any(v is not None for v in estimated[name])
+            else f"{name} (no score)")
         parts.append(f'<text x="{WIDTH - RIGHT + 32}" y="{ly}">{escape(label)}</text>')
     parts.append("</svg>")
     return "\n".join(parts) + "\n"

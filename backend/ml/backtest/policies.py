@@ -6,8 +6,18 @@ check's live score on fresh labelled rows). They differ in what trains:
   nightly      the service's daily training run every day (trigger "daily"), and the check
                without its retrains
   on_degrade   the check with its retrains of degraded models: the service's default
+  on_estimate  on_degrade, and the check also retrains on an estimated drop (a model with
+               too few labelled fresh rows whose estimate's whole interval is under its
+               threshold): the service with ESTIMATE_ACTION=retrain
   never        the check only; nothing is ever retrained after day 0
-  on_estimate  not available yet (see ESTIMATE_MISSING)
+
+With labels that arrive days late (LABEL_SETTLEMENT_DAYS), nightly's versions are never
+scored on labels: each night's version was trained on every row whose label was known, so
+its fresh labelled rows are always too few. The check estimates them instead, and the
+backtest reports those model-days as "estimated only", never as live scores.
+
+A policy is a setting of the service, not code of its own: `policy_settings` gives each
+policy's world its settings, `run_day` calls the runner and the check as the scheduler does.
 """
 
 from __future__ import annotations
@@ -19,6 +29,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from backend.ml.backtest.world import World
+from backend.ml.config import Settings
 
 
 class Policy(StrEnum):
@@ -29,11 +40,9 @@ class Policy(StrEnum):
 
 
 POLICY_NAMES = tuple(p.value for p in Policy)
-# Estimated performance (backend/ml/monitoring/estimate.py) is a library the check does not
-# call yet: no check computes an estimate, so there is no estimated drop to retrain on.
-# Rehearsing it by calling the library from here would rehearse code the service never runs.
-ESTIMATE_MISSING = ("on_estimate is not available yet: the check does not compute estimated "
-                    "performance, so there is no estimated drop to retrain on")
+# The check's verdicts from an estimate, not labels (monitoring/verdict.py, by value).
+ESTIMATED_VERDICTS = ("estimated", "estimated_below_threshold")
+RETRAINING = (Policy.ON_DEGRADE, Policy.ON_ESTIMATE)  # the check retrains what is degraded
 
 
 def parse_policies(text: str) -> list[Policy]:
@@ -48,8 +57,12 @@ def parse_policies(text: str) -> list[Policy]:
     return list(dict.fromkeys(Policy(n) for n in names))
 
 
-def available(policy: Policy) -> bool:
-    return policy is not Policy.ON_ESTIMATE
+def policy_settings(policy: Policy, base: Settings) -> Settings:
+    """The settings `policy`'s world runs with: the service's, and for on_estimate the
+    check allowed to retrain on an estimated drop."""
+    if policy is Policy.ON_ESTIMATE:
+        return base.model_copy(update={"ESTIMATE_ACTION": "retrain"})
+    return base
 
 
 @dataclass
@@ -82,7 +95,7 @@ def run_day(policy: Policy, world: World, models: list[str] | None) -> DayOutcom
         fits += int(summary["models_trained"]) - len(summary.get("unchanged", []))
         runs.append(str(summary["run_id"]))
         world.clock.at = max(check_at, world.clock.at)
-    entry = world.monitor(retrain=policy is Policy.ON_DEGRADE).run_check()
+    entry = world.monitor(retrain=policy in RETRAINING).run_check()
     for result in entry["models"].values():
         retrain = result.get("retrain") or {}
         attempts = retrain.get("attempts") or []

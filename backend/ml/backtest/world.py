@@ -99,8 +99,10 @@ class World:
         alerts = Alerts(history, cooldown_seconds=self.settings.ALERT_COOLDOWN_SECONDS,
                         channels=[], state_path=self.settings.LOGS_DIR / COOLDOWN_FILE,
                         clock=self.clock.timestamp)
-        self.services = services = Services(self.settings, history, alerts=alerts)
-        self.runner = Runner(services)
+        # The store lives all the backtest long: it keeps the models it loaded
+        self.services = services = Services(self.settings, history, alerts=alerts,
+                                            keep_loaded=True)
+        self.runner = Runner(services, clock=self.clock)
         self._engine: Engine | None = None
 
     def monitor(self, *, retrain: bool) -> Monitor:

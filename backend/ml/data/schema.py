@@ -5,6 +5,8 @@ Every column carries a role in `Column.info["role"]`:
   time     the event time a row is ordered and windowed by
   context  known when the decision is made; the only columns a model may use as features
   outcome  known only afterwards (delivery, next quarter, hindsight); targets come from here
+  labelled when the row's outcomes became known (`labels.LABELLED_AT`; NULL: not yet);
+           never a feature. Only the generated tables have it (see `labels`).
 `derived_from` names the columns a column is computed from, so the leakage guard can
 follow a feature back to a target.
 
@@ -25,6 +27,8 @@ from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
+from backend.ml.data.labels import LABELLED_AT
+
 if TYPE_CHECKING:
     from backend.ml.fleet.specs import TableDecl
 
@@ -44,6 +48,10 @@ def _col(name: str, type_: Any, role: str, *, derived_from: Iterable[str] = (),
 
 def _id() -> sa.Column[Any]:
     return _col("id", sa.Integer, "id", primary_key=True, autoincrement=True)
+
+
+def _labelled_at() -> sa.Column[Any]:
+    return _col(LABELLED_AT, sa.DateTime, "labelled", nullable=True)
 
 
 S = sa.String(40)
@@ -89,6 +97,7 @@ shipments = sa.Table(
     _col("best_route", S, "outcome"),
     _col("cheapest_option", S, "outcome"),
     _col("fastest_slot", S, "outcome"),
+    _labelled_at(),
     sa.Index("ix_shipments_dispatched_at", "dispatched_at"),
 )
 
@@ -102,6 +111,7 @@ daily_demand = sa.Table(
     _col("is_monsoon", sa.Integer, "context"),
     _col("price_index", sa.Float, "context"),
     _col("tonnes_ordered", sa.Float, "outcome"),
+    _labelled_at(),
     sa.Index("ix_daily_demand_demand_date", "demand_date"),
 )
 
@@ -118,6 +128,7 @@ equipment_telemetry = sa.Table(
     _col("oil_quality", sa.Float, "context"),
     _col("load_pct", sa.Float, "context"),
     _col("failure_within_30d", sa.Integer, "outcome"),
+    _labelled_at(),
     sa.Index("ix_equipment_telemetry_recorded_at", "recorded_at"),
 )
 
@@ -133,6 +144,7 @@ supplier_scorecards = sa.Table(
     _col("price_deviation", sa.Float, "context"),
     _col("disputes", sa.Integer, "context"),
     _col("next_quarter_rating", S, "outcome"),
+    _labelled_at(),
     sa.Index("ix_supplier_scorecards_month", "month"),
 )
 
@@ -153,6 +165,7 @@ dispatch_decisions = sa.Table(
     _col("throughput_tonnes", sa.Float, "outcome"),
     _col("dispatch_cost", sa.Float, "outcome"),
     _col("best_action", S, "outcome"),
+    _labelled_at(),
     sa.Index("ix_dispatch_decisions_decided_at", "decided_at"),
 )
 
@@ -209,6 +222,11 @@ def get_table(name: str) -> sa.Table:
 def text_columns(table: str) -> set[str]:
     """The columns of a table that hold strings (categories to a model)."""
     return {c.name for c in get_table(table).columns if isinstance(c.type, sa.String)}
+
+
+def outcome_columns(table: str) -> list[str]:
+    """The columns of a table known only afterwards, in table order."""
+    return [c.name for c in get_table(table).columns if c.info["role"] == "outcome"]
 
 
 def column_role(table: str, column: str) -> str | None:

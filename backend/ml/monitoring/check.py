@@ -1,17 +1,19 @@
 """The periodic check: live accuracy on fresh labelled rows, drift, retraining, A/B.
 
 Each production model is scored on labelled rows newer than its training window (the
-end of its holdout; `fresh.py`). Fewer than `fresh_minimum(spec)` rows (or, for a metric that ranks
-events, fewer than MIN_EVENTS of each class) is "insufficient_fresh_data", not a verdict.
-Drift is the PSI of each feature against the training reference stored with the version,
-and the share of fresh values outside the range of its training rows. One check entry per
+end of its holdout; `fresh.py`): the newest LIVE_WINDOW_MINIMUMS fresh minimums of them, so
+a shift shows within days however old the version is. Fewer than `fresh_minimum(spec)`
+rows (or, for a metric that ranks events, fewer than MIN_EVENTS of each class) is
+"insufficient_fresh_data", not a verdict. Drift, on the same rows, is the PSI of each
+feature against the training reference stored with the version, and the share of fresh
+values outside the range of its training rows. One check entry per
 run goes into the history.
 
 Verdicts, with hysteresis so a model hovering at its threshold does not flap:
   healthy   at or above threshold (+ margin once it had been degraded)
   watch     below threshold, but once by less than the margin, or not surely: the high end
             of the live score's 90% bootstrap interval reaches the threshold (a day of
-            fresh rows is noisy; the window grows every check, so a real shortfall shows)
+            fresh rows is noisy; the window fills check by check, so a real shortfall shows)
   degraded  surely below threshold, by more than the margin or twice in a row
 A degraded model is retrained through the runner (trigger "retrain"), each attempt trying
 something different: 1 all data including the fresh rows, 2 recency weights, 3 a small
@@ -23,8 +25,13 @@ After the last failed attempt: one alert, the best version keeps serving (the pr
 gate guarantees it), and the model cools down until new data arrives or the next daily
 run passes.
 
-A/B: the newest candidate newer than production is scored on the same fresh rows; one
-that beats production on `ab_wins` consecutive checks is promoted ("ab_promote").
+A/B (`ab.py`): the newest candidate newer than production is scored on the same fresh
+rows; one that beats production on `ab_wins` consecutive checks is promoted.
+
+Too few fresh labelled rows, but enough whose labels are pending: the score is estimated
+on those (`estimated.py`): verdict `estimated`, or `estimated_below_threshold` (a warning;
+a retrain only with ESTIMATE_ACTION=retrain), never a live score; each estimate is realized
+beside its labels when a later check finds them.
 
 Alerts before a model fails (`early_warnings`): drift that hurts the live score beyond its
 noise (`drift_detected`, the rule and why in `backend.ml.training.drift`), and live scores
@@ -53,17 +60,20 @@ from backend.ml.data import schema
 from backend.ml.fleet import specs
 from backend.ml.fleet.scoring import get_metric
 from backend.ml.history.stats import TREND_WINDOW, score_trend
+from backend.ml.monitoring.ab import ab_test
+from backend.ml.monitoring.estimated import estimate_pending, realize
 from backend.ml.monitoring.fresh import (
     MIN_EVENTS,
     events_short,
     fresh_minimum,
     fresh_rows,
     fresh_tables,
+    live_window,
+    pending_rows,
     retrain_holdout_start,
     seen_ranges,
 )
 from backend.ml.monitoring.state import (
-    ABState,
     Cooldown,
     ModelMonitorState,
     ScoreTrail,
@@ -132,10 +142,12 @@ class Monitor:
         state = {name: known.of(name).model_copy(deep=True) for name in specs.MODEL_NAMES}
         served = {name: store.load_serving(name, on_alert=self.services.alerts.callback(name))
                   for name in specs.MODEL_NAMES}
-        tables = fresh_tables(self.settings.DATABASE_URL,
-                              {n: s[1]["data_end"] for n, s in served.items() if s is not None})
         now = self.clock.now()
+        tables = fresh_tables(self.settings.DATABASE_URL,
+                              {n: s[1]["data_end"] for n, s in served.items() if s is not None},
+                              labels_as_of=now)
         check_id = f"check-{now:%Y%m%dT%H%M%SZ}-{secrets.token_hex(2)}"
+        self._stamp = (check_id, now)  # what an estimate made by this check is filed under
         timestamp = now.isoformat()
         verdicts: dict[str, CheckVerdict] = {}
         for name, serving in served.items():
@@ -149,22 +161,24 @@ class Monitor:
                                    verdict=checked.verdict.value,
                                    live_score=checked.live_score,
                                    threshold=checked.threshold))
-        degraded = [n for n, v in verdicts.items()
-                    if v.verdict is Verdict.DEGRADED and self.retrain]
+        # An estimated drop retrains only when ESTIMATE_ACTION says so (estimated.py).
+        on_estimate = self.settings.ESTIMATE_ACTION == "retrain"
+        degraded = [n for n, v in verdicts.items() if self.retrain and (
+            v.verdict is Verdict.DEGRADED
+            or (on_estimate and v.verdict is Verdict.ESTIMATED_BELOW_THRESHOLD))]
         self._commit({name: self._settle(name, known.of(name), state[name], verdicts[name],
                                          timestamp)
                       for name in served if name not in degraded})
         for name in degraded:
             verdicts[name].retrain = self._retrain(name, state[name], tables,
-                                                   self._fresh_midpoint[name], verdicts[name])
+                                                   self._fresh_midpoint.get(name),
+                                                   verdicts[name])
             self._commit({name: self._settle(name, known.of(name), state[name],
                                              verdicts[name], timestamp)})
         entry = {"check_id": check_id, "timestamp": timestamp,
                  "models": {name: v.as_record() for name, v in verdicts.items()}}
         self.services.history.append_check(entry)
-        summary = {v: sum(c.verdict is v for c in verdicts.values())
-                   for v in (Verdict.HEALTHY, Verdict.WATCH, Verdict.DEGRADED,
-                             Verdict.INSUFFICIENT_FRESH_DATA)}
+        summary = {v: sum(c.verdict is v for c in verdicts.values()) for v in Verdict}
         logger.info("check %s: %s", entry["check_id"], ", ".join(
             f"{k.value} {v}" for k, v in summary.items() if v))
         return entry
@@ -178,25 +192,36 @@ class Monitor:
         tcol = schema.time_column(spec.table)
         fresh = fresh_rows(spec, tables[spec.table], meta["data_end"])
         version = str(meta["version"])
+        realized = realize(spec, estimator, fresh, version, model_state) or None
         if len(fresh) < fresh_minimum(spec):
-            return CheckVerdict(Verdict.INSUFFICIENT_FRESH_DATA, version, threshold,
-                                meta.get("score"), len(fresh), needed=fresh_minimum(spec))
+            # Too few labels for a verdict: estimate on the rows whose labels are pending.
+            self._fresh_midpoint.pop(name, None)  # a retrain on an estimate splits by time
+            result = CheckVerdict(Verdict.INSUFFICIENT_FRESH_DATA, version, threshold,
+                                  meta.get("score"), len(fresh), needed=fresh_minimum(spec),
+                                  realized=realized)
+            estimate_pending(spec, estimator, meta,
+                             pending_rows(spec, tables[spec.table], meta["data_end"]), result,
+                             model_state, check_id=self._stamp[0], at=self._stamp[1],
+                             alerts=self.services.alerts)
+            return result
+        model_state.estimate = None  # labels enough: they, not an estimate, decide
         if short := events_short(spec, fresh):
             return CheckVerdict(Verdict.INSUFFICIENT_FRESH_DATA, version, threshold,
                                 meta.get("score"), len(fresh), needed_events=MIN_EVENTS,
-                                events=MIN_EVENTS - short)
+                                events=MIN_EVENTS - short, realized=realized)
         self._fresh_midpoint[name] = retrain_holdout_start(spec, fresh[tcol])
-        y = trainer.target_values(spec, fresh[spec.target])
-        values = trainer.decision_values(spec, estimator, fresh[list(spec.features)])
+        window = live_window(spec, fresh)
+        y = trainer.target_values(spec, window[spec.target])
+        values = trainer.decision_values(spec, estimator, window[list(spec.features)])
         live = round(get_metric(spec.metric).score(y, values), 6)
         holdout = meta.get("score")
-        drift = drift_report(spec, meta.get("feature_stats", {}), fresh,
+        drift = drift_report(spec, meta.get("feature_stats", {}), window,
                              seen=self._seen_by(spec, meta))
         # The interval costs a bootstrap: only worth it when the score is under the
         # threshold (is it surely?), or the inputs moved somewhere new and the score fell.
         interval = (score_interval(spec.metric, y, values)
                     if live < threshold or (drift["novel_features"] and suffers(
-                        LiveScore(live, live, live, len(fresh)), holdout)) else None)
+                        LiveScore(live, live, live, len(window)), holdout)) else None)
         surely_below = interval is not None and interval.high < threshold
         # A verdict about the version that served before says nothing about this one.
         same = model_state.version in (None, version)
@@ -212,12 +237,13 @@ class Monitor:
         model_state.verdict, model_state.version = verdict.standing, version
         if verdict is Verdict.HEALTHY:
             model_state.cooldown = None
-        result = CheckVerdict(verdict, version, threshold, holdout, len(fresh),
+        result = CheckVerdict(verdict, version, threshold, holdout, len(window),
                               live_score=live,
                               live_interval=None if interval is None else (
                                   round(interval.low, 6), round(interval.high, 6)),
-                              drift=drift)
-        self._ab_test(name, spec, fresh, live, model_state, result)
+                              drift=drift, realized=realized)
+        ab_test(self.services.store, spec, window, live, model_state, result,
+                wins_needed=self.ab_wins)
         return result
 
     def _seen_by(self, spec: specs.ModelSpec,
@@ -293,37 +319,10 @@ class Monitor:
                 **scores)
         return after
 
-    def _ab_test(self, name: str, spec: specs.ModelSpec, fresh: pd.DataFrame, live: float,
-                 model_state: ModelMonitorState, result: CheckVerdict) -> None:
-        store = self.services.store
-        candidates = [v for v in store.versions(name) if v.get("state") == "candidate"]
-        production = store.aliases(name)["production"]
-        newest = candidates[0] if candidates else None
-        if newest is None or production is None or newest["version"] < production:
-            model_state.ab = None
-            return
-        try:
-            estimator, _ = store.load(name, newest["version"])
-            score = round(trainer.evaluate(spec, estimator, fresh), 6)
-        except Exception as exc:  # an unloadable candidate simply loses
-            logger.warning("A/B: %s %s cannot be scored: %s", name, newest["version"], exc)
-            return
-        ab = model_state.ab
-        wins = ab.wins + 1 if ab is not None and ab.version == newest["version"] else 1
-        wins = wins if score > live else 0
-        model_state.ab = ABState(version=newest["version"], wins=wins)
-        result.ab = {"candidate": newest["version"], "score": score, "wins": wins}
-        if wins >= self.ab_wins:
-            store.promote(name, newest["version"], actor="scheduler", action="ab_promote",
-                          reason=f"A/B: beat production on {wins} consecutive checks "
-                                 f"({score:.4f} vs {live:.4f} on fresh rows)")
-            model_state.ab = None
-            result.ab["promoted"] = True
-
     # ---- retraining -------------------------------------------------------------------------
 
     def _retrain(self, name: str, model_state: ModelMonitorState,
-                 tables: Mapping[str, pd.DataFrame], holdout_since: str,
+                 tables: Mapping[str, pd.DataFrame], holdout_since: str | None,
                  checked: CheckVerdict) -> dict[str, Any]:
         """Up to MAX_RETRAIN_ATTEMPTS different fits; `checked` is the check's verdict."""
         spec = specs.get_spec(name)

@@ -21,14 +21,16 @@ rule (waterlogged tracks past 60 mm) is not, however large. Anomaly detectors (R
 against labelled incidents) are not estimated: an unsupervised score has no calibrated
 probability of an incident to count from.
 
-The check (later) calls `fit_estimator` once per trained version, stores the estimator
-beside it (`summary()` is its JSON view; a classifier's state is plain numbers), and calls
-`estimate` on the fresh rows, passing `model_outputs` when it already ran the model for a
-score so the model runs once.
+Training calls `fit_estimator` once per version (`fitted_state`, in the worker that fitted
+it); the version's metadata carries `summary()`, the whole state as plain numbers (a
+classifier's isotonic breakpoints, a regressor's loss trees), inside the signature the
+store checks before anything of a version is used. The check `restore`s it from verified
+metadata and calls `estimate` on the fresh unlabelled rows.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -69,9 +71,9 @@ class Estimate:
     method: str
 
     def as_dict(self) -> dict[str, Any]:
-        return {"metric": self.metric, "estimated_value": round(self.estimated_value, 6),
-                "estimated_low": round(self.estimated_low, 6),
-                "estimated_high": round(self.estimated_high, 6), "rows": self.rows,
+        return {"metric": self.metric, "estimated_value": round(float(self.estimated_value), 6),
+                "estimated_low": round(float(self.estimated_low), 6),
+                "estimated_high": round(float(self.estimated_high), 6), "rows": self.rows,
                 "method": self.method}
 
 
@@ -101,9 +103,10 @@ class PerformanceEstimator:
     loss: loss_estimation.LossModel | None = None
 
     def summary(self) -> dict[str, Any]:
-        """JSON-ready state; a regressor's loss model is described, not serialised."""
+        """The whole state, JSON-ready: what `restore` reads back."""
         out: dict[str, Any] = {"model": self.model, "metric": self.metric,
-                               "method": self.method, "holdout_rows": self.holdout_rows}
+                               "method": self.method, "holdout_rows": self.holdout_rows,
+                               "features": list(self.features)}
         if self.method == CBPE:
             out["classes"] = [str(c) for c in self.classes]
             out["breakpoints"] = [[list(x), list(y)] for x, y in self.breakpoints]
@@ -112,11 +115,57 @@ class PerformanceEstimator:
         return out
 
 
+def restore(spec: ModelSpec, state: Any, pipeline: Pipeline) -> PerformanceEstimator:
+    """The estimator a version's (verified) metadata carries, for `pipeline`, the version's
+    own model: its classes are taken from the model, matched to the stored names.
+    EstimationError, one line, when the state does not fit the spec or the model."""
+    if not isinstance(state, dict):
+        raise EstimationError(f"{spec.name}: the version carries no performance estimator "
+                              "(trained before estimators were kept, or not estimable)")
+    try:
+        method, metric = state["method"], state["metric"]
+        expected = CBPE if spec.task == "classification" else DLE
+        if (state["model"], metric, method) != (spec.name, spec.metric, expected):
+            raise ValueError(f"it is a {method} estimator of {state['model']}'s {metric}")
+        features = tuple(state["features"])
+        if features != spec.features:
+            raise ValueError("its features are not the spec's")
+        if method == CBPE:
+            classes = list(pipeline.classes_)
+            if [str(c) for c in classes] != state["classes"]:
+                raise ValueError(f"its classes {state['classes']} are not the model's")
+            breakpoints = [(list(map(float, x)), list(map(float, y)))
+                           for x, y in state["breakpoints"]]
+            if len(breakpoints) != len(classes):
+                raise ValueError("one isotonic map per class is needed")
+            return PerformanceEstimator(spec.name, metric, CBPE, features,
+                                        int(state["holdout_rows"]), classes=classes,
+                                        breakpoints=breakpoints)
+        return PerformanceEstimator(spec.name, metric, DLE, features,
+                                    int(state["holdout_rows"]),
+                                    loss=loss_estimation.LossModel.restore(state["loss"]))
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise EstimationError(f"{spec.name}: the stored performance estimator cannot be "
+                              f"used: {exc}") from exc
+
+
+def fitted_state(spec: ModelSpec, pipeline: Pipeline,
+                 holdout_frame: pd.DataFrame) -> dict[str, Any] | None:
+    """`fit_estimator(...).summary()` for a version's metadata, with the seconds it took;
+    None for a spec whose metric is not estimated (anomaly detection)."""
+    if not supported(spec):
+        return None
+    started = time.perf_counter()
+    state = fit_estimator(spec, pipeline, holdout_frame).summary()
+    return {**state, "fit_seconds": round(time.perf_counter() - started, 4)}
+
+
 def supported(spec: ModelSpec) -> bool:
     return spec.metric in SUPPORTED.get(spec.task, ())
 
 
-def _check_supported(spec: ModelSpec) -> None:
+def check_supported(spec: ModelSpec) -> None:
+    """EstimationError, one line naming why, for a spec whose metric is not estimated."""
     if spec.task == "anomaly":
         raise EstimationError(f"{spec.name}: an anomaly detector's {spec.metric} is not "
                               "estimated without labels")
@@ -152,7 +201,7 @@ def model_outputs(spec: ModelSpec, pipeline: Pipeline, X: pd.DataFrame) -> Model
 def fit_estimator(spec: ModelSpec, pipeline: Pipeline,
                   holdout_frame: pd.DataFrame) -> PerformanceEstimator:
     """Learn, on the version's labelled holdout rows, how its outputs relate to its errors."""
-    _check_supported(spec)
+    check_supported(spec)
     X = _features(spec.features, holdout_frame)
     if spec.target not in holdout_frame.columns:
         raise EstimationError(f"the holdout rows lack the target column {spec.target!r}")
@@ -185,7 +234,8 @@ def estimate(estimator: PerformanceEstimator, pipeline: Pipeline, fresh_frame: p
     else:
         assert estimator.loss is not None and outputs.encoded is not None
         value, low, high = estimator.loss.estimate(outputs.encoded, outputs.predicted)
-    return Estimate(estimator.metric, value, low, high, len(X), estimator.method)
+    return Estimate(estimator.metric, float(value), float(low), float(high), len(X),
+                    estimator.method)
 
 
 def _calibrate(proba: np.ndarray, truth: np.ndarray,

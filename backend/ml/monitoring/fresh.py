@@ -11,10 +11,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from datetime import datetime
 
+import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
 from backend.ml.data import loading, schema
+from backend.ml.data.labels import LABELLED_AT
 from backend.ml.fleet import specs
 from backend.ml.fleet.scoring import get_metric
 from backend.ml.training import trainer
@@ -27,6 +29,10 @@ MIN_EVENTS = 10
 # A retrain's holdout is at most this many fresh minimums of rows (the newest): enough for
 # the gate's interval and slices, while the fit learns from every older fresh row.
 RETRAIN_HOLDOUT_MINIMUMS = 5
+# The live score is taken on at most this many fresh minimums of rows, the newest (about a
+# week of shipments): scored on every row since training, twenty shocked days after 180
+# calm ones moved a year-old version's score by 0.04 and no check saw the shock.
+LIVE_WINDOW_MINIMUMS = 10
 
 
 def fresh_minimum(spec: specs.ModelSpec) -> int:
@@ -40,9 +46,11 @@ def retrain_holdout_start(spec: specs.ModelSpec, fresh_times: pd.Series) -> str:
     return str(fresh_times.iloc[len(fresh_times) - max(held, 1)].isoformat())
 
 
-def fresh_tables(database_url: str, data_ends: Mapping[str, str]) -> dict[str, pd.DataFrame]:
+def fresh_tables(database_url: str, data_ends: Mapping[str, str], *,
+                 labels_as_of: datetime | None = None) -> dict[str, pd.DataFrame]:
     """The tables of these models (name: end of its version's training window), each from
-    the oldest window end among its models onward."""
+    the oldest window end among its models onward, with only the labels known at
+    `labels_as_of` (the check's time; None: every label on file)."""
     starts: dict[str, datetime] = {}
     lookback: dict[str, int] = {}
     for name, data_end in data_ends.items():
@@ -54,7 +62,8 @@ def fresh_tables(database_url: str, data_ends: Mapping[str, str]) -> dict[str, p
     # of the table declares, and a day more.
     engine = loading.open_readonly(database_url)
     return {t: loading.load_table(engine, t, window=loading.Window(
-        start=start - pd.Timedelta(days=lookback[t] + 1))) for t, start in starts.items()}
+        start=start - pd.Timedelta(days=lookback[t] + 1)), labels_as_of=labels_as_of)
+        for t, start in starts.items()}
 
 
 def seen_ranges(database_url: str, table: str, before: str) -> dict[str, tuple[float, float]]:
@@ -76,6 +85,41 @@ def fresh_rows(spec: specs.ModelSpec, table: pd.DataFrame, data_end: str) -> pd.
     check scores the version on."""
     labelled, _ = trainer.labelled_frame(spec, table)
     return labelled[labelled[schema.time_column(spec.table)] > pd.Timestamp(data_end)]
+
+
+def pending_rows(spec: specs.ModelSpec, table: pd.DataFrame, data_end: str) -> pd.DataFrame:
+    """A table's prepared rows newer than a version's training window whose label is not
+    known yet: what a check estimates the version's score on when too few fresh rows are
+    labelled. With label times (`labelled_at`, NULL when loaded as of a time before the
+    label came), a missing label (known to be absent) is not pending; a table without them
+    (a spec's own ingested table, a database of an earlier release) cannot tell the two
+    apart, so there every row with no target counts as pending."""
+    columns = trainer.input_columns(spec)
+    if LABELLED_AT in table.columns and LABELLED_AT not in columns:
+        columns = [*columns, LABELLED_AT]
+    frame = spec.frame(table[columns])
+    waiting = frame[spec.target].isna()
+    if LABELLED_AT in frame.columns:
+        waiting &= frame[LABELLED_AT].isna()
+    tcol = schema.time_column(spec.table)
+    pending = frame[waiting & (frame[tcol] > pd.Timestamp(data_end))]
+    return pending.sort_values(tcol, kind="stable")
+
+
+def live_window(spec: specs.ModelSpec, fresh: pd.DataFrame) -> pd.DataFrame:
+    """The fresh rows (in time order) a check scores: the newest LIVE_WINDOW_MINIMUMS fresh
+    minimums of them, reaching further back until a metric that ranks events has MIN_EVENTS
+    of its rarer class. Drift, the A/B test and the live interval read the same rows."""
+    size = LIVE_WINDOW_MINIMUMS * fresh_minimum(spec)
+    if len(fresh) <= size:
+        return fresh
+    if get_metric(spec.metric).needs_scores:
+        newest_first = trainer.target_values(spec, fresh[spec.target])[::-1]
+        rarer = np.minimum(np.cumsum(newest_first == newest_first.max()),
+                           np.cumsum(newest_first != newest_first.max()))
+        enough = np.flatnonzero(rarer >= MIN_EVENTS)
+        size = max(size, int(enough[0]) + 1 if len(enough) else len(fresh))
+    return fresh.iloc[len(fresh) - size:]
 
 
 def events_short(spec: specs.ModelSpec, fresh: pd.DataFrame) -> int:

@@ -11,6 +11,11 @@ States, first match wins:
                      by more than the margin, or twice in a row
     watch            the serving version's newest check was below threshold once, by less
                      than the margin: to be confirmed at the next check
+    estimated_below_threshold
+                     too few labels for a verdict, and the newest check's estimate on rows
+                     whose labels are pending lies, interval and all, under the threshold:
+                     a warning until labels confirm it (never `degraded`, which labels
+                     alone decide; ESTIMATE_ACTION says whether it retrains)
     below_threshold  the serving version's own holdout score is under its threshold (a
                      first version that serves because there is nothing better)
     healthy          none of the above
@@ -33,7 +38,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from backend.ml.fleet import specs
-from backend.ml.monitoring.state import ModelMonitorState, MonitorState, read_state
+from backend.ml.monitoring.state import (
+    EstimateState,
+    ModelMonitorState,
+    MonitorState,
+    read_state,
+)
 from backend.ml.registry.store import StoreError
 from backend.ml.statefile import Recovery
 
@@ -50,6 +60,7 @@ class Health(StrEnum):
     COOLING_DOWN = "cooling_down"
     DEGRADED = "degraded"
     WATCH = "watch"
+    ESTIMATED_BELOW_THRESHOLD = "estimated_below_threshold"
     BELOW_THRESHOLD = "below_threshold"
     HEALTHY = "healthy"
 
@@ -99,6 +110,13 @@ def model_health(*, name: str, production: Mapping[str, Any] | None, threshold: 
     if about_serving and monitor.verdict == "watch":
         return ModelHealth(Health.WATCH, f"the newest check of {version} was below its "
                                          f"threshold {threshold:.2f} once")
+    estimate = monitor.estimate
+    if estimate is not None and estimate.version == version and estimate.below_threshold:
+        return ModelHealth(Health.ESTIMATED_BELOW_THRESHOLD, (
+            f"{version} is estimated below its threshold {threshold:.2f} on "
+            f"{estimate.estimated_rows} rows whose labels are pending: estimated "
+            f"{estimate.estimated_value:.4f} (95% interval {estimate.estimated_low:.4f}-"
+            f"{estimate.estimated_high:.4f}); labels will confirm or not"))
     score = production.get("score") if production is not None else None
     if not isinstance(score, int | float) or score < threshold:
         shown = f"{score:.4f}" if isinstance(score, int | float) else "unknown"
@@ -121,6 +139,23 @@ class ModelStatus:
     error: str | None  # why the production metadata is unreadable
     monitor: ModelMonitorState
     health: ModelHealth
+
+    @property
+    def estimate(self) -> EstimateState | None:
+        """The newest check's estimate, when it is about the version serving now."""
+        version = (self.production or {}).get("version")
+        found = self.monitor.estimate
+        return found if found is not None and found.version == version else None
+
+    def estimated_fields(self) -> dict[str, Any]:
+        """`estimate` under the names every view shows it by (all None without one)."""
+        found = self.estimate
+        if found is None:
+            return dict.fromkeys(("estimated_value", "estimated_low", "estimated_high",
+                                  "estimate_method", "estimated_rows"))
+        return {"estimated_value": found.estimated_value, "estimated_low": found.estimated_low,
+                "estimated_high": found.estimated_high, "estimate_method": found.method,
+                "estimated_rows": found.estimated_rows}
 
 
 def running_run(logs_dir: Path, *,

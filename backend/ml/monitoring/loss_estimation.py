@@ -17,6 +17,11 @@ time order): the noise of one window's realised losses around their prediction (
 per-row error's spread over sqrt(rows)), and the loss model's own error on a fold's mean
 (its root mean square over the folds). Both are kept relative to the mean loss, so a
 window where the model errs more gets a wider interval.
+
+The fitted loss model is kept as plain numbers (`TreeEnsemble`: each tree's split
+features, thresholds and leaf values), so a version's estimator travels inside its signed
+JSON metadata and nothing is deserialized to use it. What it deliberately does not keep:
+the booster's bin mapper and training state; it predicts, it cannot be refitted.
 """
 
 from __future__ import annotations
@@ -48,18 +53,79 @@ def _losses(kind: str, truth: np.ndarray, predicted: np.ndarray) -> np.ndarray:
     return np.asarray(error ** 2 if kind == "squared" else np.abs(error))
 
 
+# The fields of a fitted booster's tree nodes that prediction reads (sklearn's
+# TreePredictor: a missing value goes where `missing_go_to_left` says, else x <= threshold
+# goes left).
+NODE_FIELDS = ("value", "feature_idx", "num_threshold", "missing_go_to_left", "left", "right",
+               "is_leaf")
+
+
+@dataclass
+class TreeEnsemble:
+    """A fitted HistGradientBoostingRegressor (squared error, numeric inputs) as plain
+    numbers: its baseline plus, per tree, the node arrays of NODE_FIELDS."""
+
+    baseline: float
+    trees: list[dict[str, list[float]]]
+
+    @classmethod
+    def of(cls, booster: HistGradientBoostingRegressor) -> TreeEnsemble:
+        trees = [{f: tree.nodes[f].tolist() for f in NODE_FIELDS}
+                 for (tree,) in booster._predictors]
+        return cls(float(np.ravel(booster._baseline_prediction)[0]), trees)
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        X = np.asarray(X, dtype=float)
+        out = np.full(len(X), self.baseline)
+        rows = np.arange(len(X))
+        for tree in self.trees:
+            a = {f: np.asarray(v) for f, v in tree.items()}
+            leaf, feature = a["is_leaf"].astype(bool), a["feature_idx"].astype(int)
+            left, right = a["left"].astype(int), a["right"].astype(int)
+            node = np.zeros(len(X), dtype=int)
+            while not leaf[node].all():
+                x = X[rows, feature[node]]
+                go_left = np.where(np.isnan(x), a["missing_go_to_left"][node].astype(bool),
+                                   x <= a["num_threshold"][node])
+                node = np.where(leaf[node], node, np.where(go_left, left[node], right[node]))
+            out += a["value"][node]
+        return out
+
+    def state(self) -> dict[str, Any]:
+        return {"baseline": self.baseline, "trees": self.trees}
+
+    @classmethod
+    def restore(cls, state: dict[str, Any]) -> TreeEnsemble:
+        trees = state["trees"]
+        if not isinstance(trees, list) or any(
+                not isinstance(t, dict) or set(t) != set(NODE_FIELDS) for t in trees):
+            raise ValueError("the loss model's trees are not node arrays of "
+                             + ", ".join(NODE_FIELDS))
+        return cls(float(state["baseline"]), trees)
+
+
 @dataclass
 class LossModel:
     metric: str
     kind: str  # "squared" or "absolute"
-    model: HistGradientBoostingRegressor
+    model: TreeEnsemble
     relative_spread: float  # sd of (loss - predicted loss) / mean loss, per row
     relative_bias: float  # rms over folds of (mean loss - mean predicted) / mean loss
 
     def summary(self) -> dict[str, Any]:
-        return {"kind": self.kind, "relative_spread": round(self.relative_spread, 6),
-                "relative_bias": round(self.relative_bias, 6),
-                "params": dict(LOSS_MODEL_PARAMS)}
+        """The whole state, JSON-ready (`restore` reads it back)."""
+        return {"metric": self.metric, "kind": self.kind,
+                "relative_spread": self.relative_spread, "relative_bias": self.relative_bias,
+                "params": dict(LOSS_MODEL_PARAMS), "model": self.model.state()}
+
+    @classmethod
+    def restore(cls, state: dict[str, Any]) -> LossModel:
+        if state.get("metric") not in LOSS_FOR or state.get("kind") not in ("squared",
+                                                                            "absolute"):
+            raise ValueError(f"unknown loss model metric {state.get('metric')!r} or kind "
+                             f"{state.get('kind')!r}")
+        return cls(state["metric"], state["kind"], TreeEnsemble.restore(state["model"]),
+                   float(state["relative_spread"]), float(state["relative_bias"]))
 
     def estimate(self, encoded: np.ndarray,
                  predicted: np.ndarray) -> tuple[float, float, float]:
@@ -102,6 +168,6 @@ def fit_loss_model(metric: str, encoded: np.ndarray, predicted: np.ndarray,
         level = max(float(losses[fold].mean()), 1e-12)
         errors.append((losses[fold] - guess) / level)
         biases.append(float(losses[fold].mean() - guess.mean()) / level)
-    return LossModel(metric, kind, _fit(inputs, losses),
+    return LossModel(metric, kind, TreeEnsemble.of(_fit(inputs, losses)),
                      relative_spread=float(np.concatenate(errors).std()),
                      relative_bias=float(np.sqrt(np.mean(np.square(biases)))))

@@ -1,12 +1,15 @@
 """What the monitor remembers between checks, per model: `LOGS_DIR/monitor_state.json`.
 
     {name: {"verdict", "version", "since", "cooldown": {"newest_data", "until"},
-            "ab": {"version", "wins"}, "trend": {"version", "scores"}}}
+            "ab": {"version", "wins"}, "trend": {"version", "scores"},
+            "estimate": {...}, "awaiting_labels": [{...}]}}
 
 `verdict` is the monitor's standing verdict on `version` (hysteresis needs the previous
 one, and a degraded model that is healthy again is announced as `recovered`), `since` the
 check that first reached it; `cooldown` is set when retraining is exhausted, until new data
-or the next daily run. The file is a `StateFile`: each model's entry is replaced under the
+or the next daily run. `estimate` is the newest check's estimate of the score on rows whose
+labels are pending, `awaiting_labels` the estimates whose realized score is not known yet
+(`estimated.py`). The file is a `StateFile`: each model's entry is replaced under the
 lock when that model's part of a check is done, so a check never holds the lock for its
 whole length and never overwrites what another process wrote about another model
 meanwhile. A damaged file is rebuilt empty: the next check finds every verdict again.
@@ -40,6 +43,23 @@ class ScoreTrail(BaseModel):
     scores: list[float] = Field(default_factory=list)
 
 
+class EstimateState(BaseModel):
+    """An estimate of `version`'s score on the rows of `window` whose labels were pending,
+    made by check `check_id` (see `monitoring/estimated.py`)."""
+
+    check_id: str
+    timestamp: datetime
+    version: str
+    metric: str
+    estimated_value: float
+    estimated_low: float
+    estimated_high: float
+    estimated_rows: int
+    method: str
+    window: tuple[str, str]  # the first and last pending row's time
+    below_threshold: bool  # the whole interval under the threshold
+
+
 class ModelMonitorState(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
@@ -51,6 +71,10 @@ class ModelMonitorState(BaseModel):
     cooldown: Cooldown | None = None
     ab: ABState | None = None
     trend: ScoreTrail | None = None
+    # The newest check's estimate (None when it had labels enough, or could not estimate),
+    # and the estimates still waiting for their labels, oldest first.
+    estimate: EstimateState | None = None
+    awaiting_labels: list[EstimateState] = Field(default_factory=list)
 
     def cooling_until(self, now: datetime) -> datetime | None:
         """The end of a cooldown still running at `now`, else None."""

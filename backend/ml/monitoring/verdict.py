@@ -17,6 +17,10 @@ class Verdict(StrEnum):
     DEGRADED = "degraded"
     DEGRADED_RECOVERING = "degraded_recovering"
     INSUFFICIENT_FRESH_DATA = "insufficient_fresh_data"
+    # Too few fresh labelled rows, so the score was estimated on the unlabelled ones; below
+    # threshold: the estimate's whole interval is under it (a warning, never "degraded").
+    ESTIMATED = "estimated"
+    ESTIMATED_BELOW_THRESHOLD = "estimated_below_threshold"
     NO_MODEL = "no_model"
 
     @property
@@ -44,6 +48,12 @@ class CheckVerdict:
     drift: dict[str, Any] | None = None
     ab: dict[str, Any] | None = None
     retrain: dict[str, Any] | None = field(default=None)
+    # With too few labelled rows: the score estimated on the pending ones (Estimate.as_dict
+    # plus `window`, the first and last pending row's time), or why it was not estimated.
+    estimate: dict[str, Any] | None = None
+    estimate_note: str | None = None
+    # Earlier estimates whose labels have arrived, each with the realized score beside it.
+    realized: list[dict[str, Any]] | None = None
 
     @property
     def scored(self) -> bool:
@@ -57,5 +67,17 @@ class CheckVerdict:
             "live_score": self.live_score,
             "live_interval": None if self.live_interval is None else list(self.live_interval),
             "drift": self.drift,
-            "verdict": self.verdict.value, "ab": self.ab, "retrain": self.retrain}
+            "verdict": self.verdict.value, "ab": self.ab, "retrain": self.retrain,
+            "estimate_note": self.estimate_note, "realized": self.realized or None}
+        if self.estimate is not None:  # never under `live_score`: an estimate is no score
+            record.update(estimate_fields(self.estimate))
         return {key: value for key, value in record.items() if value is not None}
+
+
+def estimate_fields(estimate: dict[str, Any]) -> dict[str, Any]:
+    """An estimate under the names every view shows it by (`estimated_*`)."""
+    return {"estimated_value": estimate["estimated_value"],
+            "estimated_low": estimate["estimated_low"],
+            "estimated_high": estimate["estimated_high"],
+            "estimate_method": estimate["method"], "estimated_rows": estimate["rows"],
+            "estimated_window": estimate.get("window")}

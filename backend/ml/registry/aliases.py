@@ -303,7 +303,7 @@ class AliasBook:
 
     def replace_audit(self, payload: bytes, signer: Signer) -> None:
         """(Inside `update`.) Replace the audit with `payload`, whole chained lines signed
-        by `signer` (a key rotation: rechain.py), atomically, and record its head."""
+        by `signer` (a key rotation: rotation.py), atomically, and record its head."""
         atomic_write_bytes(self.audit_path, payload)
         last = line_hash(payload[:-1].rsplit(b"\n", 1)[-1])
         self._head = AuditHead(size=len(payload), hash=last, key_id=signer.key_id,

@@ -21,11 +21,16 @@ point difference stands in for both bounds: the rule before the bootstrap.
 
 The bootstrap is paired: both models' predictions are computed once, and each resample
 draws the same row indices for both, so the interval is of the difference itself and the
-rows' own difficulty cancels out. Metrics with a closed form over row sums (r2, 1 - WAPE,
-accuracy, balanced accuracy, and ROC AUC from counts per score value) are computed for all
-resamples at once with numpy; any other metric is looped. Slices compare point scores
-only: a slice of a few hundred rows is noisy, which is why it must clear a limit ten times
-the tolerance and a minimum size.
+rows' own difficulty cancels out. No metric is scored resample by resample where numpy can
+do all of them at once: r2 and 1 - WAPE from column sums of per-row terms over an index
+matrix; accuracy and balanced accuracy from multinomial counts of their few distinct
+per-row terms (hit or miss, by class), which is exactly the distribution of drawing rows
+but costs resamples x a few values, not x rows; ROC AUC from how many rows each resample
+draws of each run of the rows sorted by score (`_auc_runs`). Any other metric is
+looped. The same seed draws the same resamples, so the same decision. Slices compare
+point scores only, all values of a column at once from the same sums: a slice of a few
+hundred rows is noisy, which is why it must clear a limit ten times the tolerance and a
+minimum size.
 
 Not done here: predicting on the holdout (the run has the data and passes the arrays in),
 and the alert a flagged promotion raises (`runs/promote.py`).
@@ -33,8 +38,9 @@ and the alert a flagged promotion raises (`runs/promote.py`).
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any, NamedTuple
 
@@ -44,6 +50,9 @@ from backend.ml.fleet.scoring import get_metric
 
 # Resamples are drawn in blocks of about this many cells (resamples x rows) to bound memory.
 BLOCK_CELLS = 1_000_000
+# Per-row sums with at most this many distinct values are resampled as multinomial counts of
+# each value (`_resampled_differences`).
+MULTINOMIAL_MAX_VALUES = 256
 
 
 @dataclass(frozen=True)
@@ -159,109 +168,176 @@ def promotion_decision(*, candidate_score: float, candidate_passed: bool,
 
 # ---- the evidence -------------------------------------------------------------------------
 
-Resampled = Callable[[np.ndarray], np.ndarray]  # row-index matrix -> difference per resample
+OnRows = Callable[[np.ndarray], np.ndarray]  # row-index matrix -> difference per resample
 
 
-def _difference_sums(y: np.ndarray, candidate: np.ndarray, production: np.ndarray,
-                     metric: str) -> Resampled | None:
-    """Candidate minus production per resample (one row of indices each) for metrics that
-    are sums over rows; None for the others."""
+class _Sums(NamedTuple):
+    """A paired difference that depends only on column sums over the rows drawn: `values`
+    holds what each row adds (rows x columns); `difference` turns the sums of resamples or
+    slices (one row each) and their row counts into candidate minus production."""
+
+    values: np.ndarray
+    difference: Callable[[np.ndarray, np.ndarray | int], np.ndarray]
+
+
+def _sum_form(metric: str, y: np.ndarray, candidate: np.ndarray,
+              production: np.ndarray) -> _Sums | None:
+    """The sums form of a metric's paired difference; None for ROC AUC and the others."""
+    if metric in ("r2", "one_minus_wape"):
+        y, candidate, production = (a.astype(float) for a in (y, candidate, production))
     if metric == "r2":
-        centred = y - y.mean()
+        centred = y - y.mean()  # a resample's own mean is found from these sums
         gain = (y - production) ** 2 - (y - candidate) ** 2
-        squares, n = centred ** 2, len(y)
 
-        def r2(idx: np.ndarray) -> np.ndarray:
-            total = squares[idx].sum(1) - centred[idx].sum(1) ** 2 / n
+        def r2(sums: np.ndarray, rows: np.ndarray | int) -> np.ndarray:
+            total = sums[:, 1] - sums[:, 2] ** 2 / rows
             with np.errstate(divide="ignore", invalid="ignore"):
-                return np.where(total > 0, gain[idx].sum(1) / total, np.nan)
-        return r2
+                return np.where(total > 0, sums[:, 0] / total, np.nan)
+        return _Sums(np.column_stack([gain, centred ** 2, centred]), r2)
     if metric == "one_minus_wape":
-        size = np.abs(y)
         gain = np.abs(y - production) - np.abs(y - candidate)
 
-        def wape(idx: np.ndarray) -> np.ndarray:
-            total = size[idx].sum(1)
+        def wape(sums: np.ndarray, rows: np.ndarray | int) -> np.ndarray:
             with np.errstate(divide="ignore", invalid="ignore"):
-                return np.where(total > 0, gain[idx].sum(1) / total, 0.0)
-        return wape
-    if metric == "roc_auc":
-        return _auc_difference(y, candidate, production)
+                return np.where(sums[:, 1] > 0, sums[:, 0] / sums[:, 1], 0.0)
+        return _Sums(np.column_stack([gain, np.abs(y)]), wape)
+    if metric not in ("accuracy", "balanced_accuracy"):
+        return None
     hits = (y == candidate).astype(float) - (y == production).astype(float)
     if metric == "accuracy":
-        return lambda idx: hits[idx].mean(1)
-    if metric == "balanced_accuracy":
-        classes = [((y == k).astype(float), hits * (y == k)) for k in np.unique(y)]
+        return _Sums(hits[:, None], lambda sums, rows: np.asarray(sums[:, 0] / rows))
+    members = (y[:, None] == np.unique(y)[None, :]).astype(float)  # rows x classes
+    classes = members.shape[1]
 
-        def balanced(idx: np.ndarray) -> np.ndarray:
-            recalls = []
-            for members, member_hits in classes:
-                support = members[idx].sum(1)
-                with np.errstate(divide="ignore", invalid="ignore"):
-                    recalls.append(np.where(support > 0,
-                                            member_hits[idx].sum(1) / support, np.nan))
-            return np.asarray(np.nanmean(np.vstack(recalls), axis=0))
-        return balanced
-    return None
+    def balanced(sums: np.ndarray, rows: np.ndarray | int) -> np.ndarray:
+        # As scikit-learn's: the mean recall over the classes the rows hold
+        support, gained = sums[:, :classes], sums[:, classes:]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            recall = np.where(support > 0, gained / support, np.nan)
+        return np.asarray(np.nanmean(recall, axis=1))
+    return _Sums(np.hstack([members, members * hits[:, None]]), balanced)
 
 
-def _auc_difference(y: np.ndarray, candidate: np.ndarray,
-                    production: np.ndarray) -> Resampled | None:
-    """ROC AUC per resample from counts: each score value's positives times the negatives
-    scored below it (ties count half), over positives times negatives; as scikit-learn's,
-    the larger of two labels is the positive class."""
+def _auc_runs(positive: np.ndarray, scores: np.ndarray,
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The rows in the runs a resample's ROC AUC depends on: sorted by score, positives of
+    one score value form a run, the negatives level with them another, and the negatives
+    between two such values one run however many values they span (their order among
+    themselves does not matter). Returns each row's run, whether each run is positive, and
+    whether each run is a positive one right after the negatives it ties with."""
+    order = np.lexsort((positive, scores))  # by score; on a tie, negatives first
+    value, pos = scores[order], positive[order]
+    new_value = np.r_[True, value[1:] != value[:-1]]
+    level = np.cumsum(new_value) - 1
+    with_pos = (np.bincount(level, weights=pos) > 0)[level]
+    starts = np.r_[True, (pos[1:] != pos[:-1])
+                   | (new_value[1:] & (with_pos[1:] | with_pos[:-1]))]
+    run_of_row = np.empty(len(order), dtype=np.intp)
+    run_of_row[order] = np.cumsum(starts) - 1
+    first = np.flatnonzero(starts)
+    run_pos, run_level = pos[first], level[first]
+    tied = np.r_[False, run_pos[1:] & ~run_pos[:-1] & (run_level[1:] == run_level[:-1])]
+    return run_of_row, run_pos, tied
+
+
+def _auc_on_rows(y: np.ndarray, candidate: np.ndarray, production: np.ndarray) -> OnRows | None:
+    """ROC AUC of both models on each resample, from how many rows it draws of each run
+    (`_auc_runs`): a positive wins over the negatives below it and half of those level
+    with it. As scikit-learn's, the larger of two labels is the positive class."""
     labels = np.unique(y)
     if len(labels) != 2:
         return None
-    positive = (y == labels[1]).astype(float)
-    negative = 1.0 - positive
-    ranked = [np.unique(values, return_inverse=True) for values in (candidate, production)]
+    positive = y == labels[1]
+    models = [_auc_runs(positive, np.asarray(v, dtype=float)) for v in (candidate, production)]
 
-    def auc(idx: np.ndarray, levels: int, inverse: np.ndarray) -> np.ndarray:
-        cells = len(idx) * levels
-        flat = (np.arange(len(idx))[:, None] * levels + inverse[idx]).ravel()
-        pos = np.bincount(flat, positive[idx].ravel(), cells).reshape(len(idx), levels)
-        neg = np.bincount(flat, negative[idx].ravel(), cells).reshape(len(idx), levels)
-        below = np.cumsum(neg, axis=1) - neg
+    def auc(idx: np.ndarray, run_of_row: np.ndarray, run_pos: np.ndarray,
+            tied: np.ndarray) -> np.ndarray:
+        runs = len(run_pos)
+        flat = (run_of_row[idx] + np.arange(len(idx))[:, None] * runs).ravel()
+        counts = np.bincount(flat, minlength=len(idx) * runs).reshape(len(idx), runs)
+        pos = np.where(run_pos, counts, 0)
+        neg = counts - pos
+        below_or_level = np.cumsum(neg, axis=1)
+        ties = np.flatnonzero(tied)
+        wins = ((pos * below_or_level).sum(1)
+                - 0.5 * (pos[:, ties] * neg[:, ties - 1]).sum(1))
         pairs = pos.sum(1) * neg.sum(1)
         with np.errstate(divide="ignore", invalid="ignore"):
-            return np.where(pairs > 0, (pos * (below + neg / 2)).sum(1) / pairs, np.nan)
+            return np.where(pairs > 0, wins / pairs, np.nan)
 
-    def difference(idx: np.ndarray) -> np.ndarray:
-        (cand_levels, cand_inverse), (prod_levels, prod_inverse) = ranked
-        return np.asarray(auc(idx, len(cand_levels), cand_inverse.ravel())
-                          - auc(idx, len(prod_levels), prod_inverse.ravel()))
-    return difference
+    return lambda idx: np.asarray(auc(idx, *models[0]) - auc(idx, *models[1]))
 
 
-def paired_bootstrap(metric: str, y_true: Any, candidate: Any, production: Any, *,
-                     resamples: int, seed: int, confidence: float) -> Interval | None:
-    """The interval of candidate minus production over `resamples` paired resamples of the
-    rows; None when no resample can be scored."""
-    y, cand, prod = np.asarray(y_true), np.asarray(candidate), np.asarray(production)
-    if y.dtype.kind in "fc":
-        cand, prod = cand.astype(float), prod.astype(float)
+def _on_rows(metric: str, y: np.ndarray, candidate: np.ndarray, production: np.ndarray,
+             form: _Sums | None = None) -> OnRows:
+    """Candidate minus production on each resample of an index matrix (one resample a
+    row): by sums (`form`, or the metric's), by runs (ROC AUC), or scoring each resample
+    (any other metric)."""
+    form = form or _sum_form(metric, y, candidate, production)
+    if form is not None:  # column by column: gathering whole rows of sums is 3x slower
+        columns = [np.ascontiguousarray(c) for c in form.values.T]
+        return lambda idx: form.difference(
+            np.column_stack([np.take(c, idx).sum(axis=1) for c in columns]), idx.shape[1])
+    auc = _auc_on_rows(y, candidate, production) if metric == "roc_auc" else None
+    if auc is not None:
+        return auc
     score = get_metric(metric).score
-    difference = float(score(y, cand) - score(y, prod))
-    n = len(y)
-    vectorized = _difference_sums(y.astype(float) if metric in ("r2", "one_minus_wape") else y,
-                                  cand, prod, metric)
 
     def looped(idx: np.ndarray) -> np.ndarray:
         out = np.full(len(idx), np.nan)
         for i, rows in enumerate(idx):
             try:
-                out[i] = score(y[rows], cand[rows]) - score(y[rows], prod[rows])
+                out[i] = score(y[rows], candidate[rows]) - score(y[rows], production[rows])
             except ValueError:  # e.g. ROC AUC of a resample holding one class
                 pass
         return out
+    return looped
 
-    per_block = vectorized or looped
-    rng = np.random.default_rng(seed)
-    block = max(1, BLOCK_CELLS // max(n, 1))
-    diffs = np.concatenate([per_block(rng.integers(0, n, size=(min(block, resamples - s), n)))
-                            for s in range(0, resamples, block)]) if resamples and n else \
-        np.array([])
+
+def _row_draws(rng: np.random.Generator, rows: int, resamples: int) -> Iterator[np.ndarray]:
+    """Index matrices of `resamples` draws of `rows` rows with replacement, in blocks.
+    Native-width integers: numpy converts narrower indices at every gather (3x slower)."""
+    block = max(1, BLOCK_CELLS // rows)
+    for start in range(0, resamples, block):
+        yield rng.integers(0, rows, size=(min(block, resamples - start), rows), dtype=np.intp)
+
+
+def _resampled_differences(metric: str, y: np.ndarray, candidate: np.ndarray,
+                           production: np.ndarray, *, resamples: int,
+                           rng: np.random.Generator, form: _Sums | None = None) -> np.ndarray:
+    """Candidate minus production on `resamples` paired resamples of the rows. When the
+    sums a metric needs take few distinct values per row (hits and misses, by class), the
+    number of rows drawn of each is drawn at once from the multinomial: the very
+    distribution of drawing rows, at a cost of resamples x distinct values, not x rows."""
+    n = len(y)
+    form = form or _sum_form(metric, y, candidate, production)
+    if form is not None and len(np.unique(form.values[:, 0])) <= MULTINOMIAL_MAX_VALUES:
+        distinct, inverse = np.unique(form.values, axis=0, return_inverse=True)
+        if len(distinct) <= MULTINOMIAL_MAX_VALUES:
+            share = np.bincount(inverse.ravel(), minlength=len(distinct)) / n
+            counts = rng.multinomial(n, share, size=resamples)
+            return form.difference(counts @ distinct, n)
+    on_rows = _on_rows(metric, y, candidate, production, form)
+    return np.concatenate([on_rows(idx) for idx in _row_draws(rng, n, resamples)])
+
+
+def paired_bootstrap(metric: str, y_true: Any, candidate: Any, production: Any, *,
+                     resamples: int, seed: int, confidence: float) -> Interval | None:
+    """The interval of candidate minus production over `resamples` paired resamples of the
+    rows; None when no resample can be scored. The same seed draws the same resamples."""
+    y, cand, prod = np.asarray(y_true), np.asarray(candidate), np.asarray(production)
+    if y.dtype.kind in "fc":
+        cand, prod = cand.astype(float), prod.astype(float)
+    form = _sum_form(metric, y, cand, prod)
+    difference = math.nan
+    if form is not None and len(y):  # the sums of all the rows: no second pass to score
+        difference = float(form.difference(form.values.sum(axis=0)[None, :], len(y))[0])
+    if not math.isfinite(difference):  # and scikit-learn's conventions where undefined
+        score = get_metric(metric).score
+        difference = float(score(y, cand) - score(y, prod))
+    diffs = (_resampled_differences(metric, y, cand, prod, resamples=resamples,
+                                    rng=np.random.default_rng(seed), form=form)
+             if resamples and len(y) else np.array([]))
     diffs = diffs[np.isfinite(diffs)]
     if len(diffs) == 0:
         return None
@@ -270,38 +346,42 @@ def paired_bootstrap(metric: str, y_true: Any, candidate: Any, production: Any, 
                     confidence, len(diffs))
 
 
-def _r2_on_rows(variance: float) -> Callable[[Any, Any], float]:
-    """R^2 of some rows measured against the variance of all of them. A slice's own R^2
-    divides by the slice's variance: on a destination whose costs hardly vary, a tiny
-    error is a huge loss, and slices could not be compared with each other or the limit."""
-    def score(y_true: Any, predicted: Any) -> float:
-        errors = np.asarray(y_true, dtype=float) - np.asarray(predicted, dtype=float)
-        return float(1 - np.mean(errors ** 2) / variance) if variance > 0 else float("nan")
-    return score
-
-
 def worst_slice(metric: str, y_true: Any, candidate: Any, production: Any,
                 columns: Mapping[str, Any], *, min_rows: int) -> SliceGap | None:
     """The slice (one value of one column, at least `min_rows` rows) where the candidate
-    scores lowest against production; None when no slice is large enough to score. R^2 on
-    a slice is taken against the whole holdout's variance (`_r2_on_rows`), so a slice's
-    difference is in the units of the overall score."""
+    scores lowest against production; None when no slice is large enough to score.
+
+    R^2 on a slice is taken against the whole holdout's variance, not the slice's own: on a
+    destination whose costs hardly vary, a tiny error is a huge loss of its own R^2, and
+    slices could not be compared with each other or the limit. So a slice's difference is
+    in the units of the overall score. Metrics with a sums form are scored for all the
+    values of a column at once; ROC AUC is scored slice by slice."""
     y, cand, prod = np.asarray(y_true), np.asarray(candidate), np.asarray(production)
+    form = _sum_form(metric, y, cand, prod)
+    if metric == "r2" and form is not None:
+        variance = float(np.var(y.astype(float)))
+        form = form._replace(difference=lambda sums, rows: (
+            sums[:, 0] / rows / variance if variance > 0 else np.full(len(sums), np.nan)))
     score = get_metric(metric).score
-    if metric == "r2":  # against the whole holdout's variance: see `_r2_on_rows`
-        score = _r2_on_rows(float(np.var(y.astype(float))))
     worst: SliceGap | None = None
     for column, values in columns.items():
-        labels = np.asarray(values).astype(str)
-        for value in np.unique(labels):
-            rows = labels == value
-            count = int(rows.sum())
-            if count < min_rows:
+        labels, codes = np.unique(np.asarray(values).astype(str), return_inverse=True)
+        codes = codes.ravel()
+        counts = np.bincount(codes, minlength=len(labels))
+        if form is not None:
+            sums = np.column_stack([np.bincount(codes, weights=form.values[:, j],
+                                                minlength=len(labels))
+                                    for j in range(form.values.shape[1])])
+            gaps = form.difference(sums, counts)
+        else:
+            gaps = np.full(len(labels), np.nan)
+            for i in np.flatnonzero(counts >= min_rows):
+                rows = codes == i
+                with contextlib.suppress(ValueError):  # e.g. a slice holding one class
+                    gaps[i] = score(y[rows], cand[rows]) - score(y[rows], prod[rows])
+        for value, count, gap in zip(labels, counts, gaps, strict=True):
+            if count < min_rows or not math.isfinite(gap):
                 continue
-            try:
-                gap = float(score(y[rows], cand[rows]) - score(y[rows], prod[rows]))
-            except ValueError:  # e.g. ROC AUC of a slice holding one class
-                continue
-            if math.isfinite(gap) and (worst is None or gap < worst.difference):
-                worst = SliceGap(column, str(value), round(gap, 6), count)
+            if worst is None or gap < worst.difference:
+                worst = SliceGap(column, str(value), round(float(gap), 6), int(count))
     return worst

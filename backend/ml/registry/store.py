@@ -31,6 +31,7 @@ so listing versions stays cheap.
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import logging
 import platform
@@ -68,7 +69,7 @@ AlertFn = Callable[[str, str, str], None]  # (level, kind, message)
 RESULT_FIELDS = ("group", "metric", "score", "baseline", "threshold", "passed", "strategy",
                  "params", "data_start", "data_end", "holdout_start", "rows_train",
                  "rows_holdout", "fit_seconds", "duration_seconds", "feature_stats", "lift",
-                 "data_fingerprint", "training_data", "model_hash")
+                 "data_fingerprint", "training_data", "model_hash", "performance_estimator")
 
 
 class StoreError(Exception):
@@ -111,7 +112,8 @@ def version_id(number: int) -> str:
 ALL_SUFFIXES = (".json", *formats.SUFFIXES.values())
 
 
-def _format(meta: Mapping[str, Any]) -> str:
+def model_format(meta: Mapping[str, Any]) -> str:
+    """The format (file suffix) a version's metadata names; ChecksumError if unknown."""
     fmt = meta.get("format", formats.LEGACY_FORMAT)
     if fmt not in formats.SUFFIXES:
         raise ChecksumError(f"{meta.get('name')} {meta.get('version')}: unknown model format "
@@ -129,7 +131,8 @@ class ModelStore:
 
     def __init__(self, models_dir: Path, *, versioning: bool = True, keep_candidates: int = 3,
                  lock_timeout: float = 60.0, signer: Signer | None = None,
-                 on_recover: Callable[[Recovery], None] | None = None) -> None:
+                 on_recover: Callable[[Recovery], None] | None = None,
+                 keep_loaded: bool = False) -> None:
         self.models_dir = Path(models_dir)
         self._signer = signer
         self.versioning = versioning
@@ -139,6 +142,12 @@ class ModelStore:
                               versioning=versioning, on_recover=on_recover,
                               lock_timeout=lock_timeout)
         self.registry_path = self.book.path
+        # With `keep_loaded`, the last loaded model of each name by its verified SHA-256:
+        # deserialising (skops) is 95% of a check's reading, and a long-lived store (a
+        # backtest's) loads the same files day after day. Off by default: the web process
+        # keeps its own cache of served versions, and a second copy of each would only
+        # cost memory; the service's check and runs are new processes each time.
+        self._loaded: dict[str, tuple[str, Pipeline]] | None = {} if keep_loaded else None
 
     @property
     def signer(self) -> Signer:
@@ -166,7 +175,7 @@ class ModelStore:
     def paths(self, name: str, version: str) -> tuple[Path, Path]:
         """(model file, metadata file) of a committed version, by its recorded format."""
         meta = self.metadata(name, version)
-        return self.model_path(name, version, _format(meta)), self.meta_path(name, version)
+        return self.model_path(name, version, model_format(meta)), self.meta_path(name, version)
 
     def _numbers(self, name: str, suffixes: tuple[str, ...]) -> list[int]:
         get_spec(name)
@@ -201,7 +210,7 @@ class ModelStore:
                        f"copied from elsewhere; refusing to load it")
         if problem is not None:
             raise SignatureError(f"{name} {version}: {problem}")
-        path = self.model_path(name, version, _format(meta))
+        path = self.model_path(name, version, model_format(meta))
         try:
             payload = path.read_bytes()
         except OSError as exc:
@@ -219,22 +228,29 @@ class ModelStore:
         return self._verified(name, version)[0]
 
     def load(self, name: str, version: str | None = None) -> tuple[Pipeline, Meta]:
-        """A verified, loaded version (None: production) and its metadata."""
+        """A verified, loaded version (None: production) and its metadata. The file is
+        verified on every call; with `keep_loaded`, a copy of the last object loaded for
+        `name` is returned when the verified digest is the same."""
         if version is None:
             version = self.aliases(name)["production"]
             if version is None:
                 raise NoProductionModelError(
                     f"{name} has no production version yet (registry {self.registry_path})")
         meta, payload = self._verified(name, version)
-        path = self.model_path(name, version, _format(meta))
+        cached = None if self._loaded is None else self._loaded.get(name)
+        if cached is not None and cached[0] == meta["sha256"]:  # verified again just now
+            return copy.deepcopy(cached[1]), meta  # a copy: a caller may change its own
+        path = self.model_path(name, version, model_format(meta))
         from sklearn.pipeline import Pipeline
 
         try:
-            estimator = formats.load(get_spec(name), _format(meta), payload)
+            estimator = formats.load(get_spec(name), model_format(meta), payload)
         except formats.FormatError as exc:  # verified bytes from other library versions
             raise StoreError(f"{name} {version}: {path} verifies but {exc}") from exc
         if not isinstance(estimator, Pipeline):
             raise StoreError(f"{name} {version}: {path} holds a {type(estimator).__name__}")
+        if self._loaded is not None:
+            self._loaded[name] = (meta["sha256"], copy.deepcopy(estimator))
         return estimator, meta
 
     def load_serving(self, name: str,
@@ -307,7 +323,7 @@ class ModelStore:
     # ---- writing ----------------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def _locked(self, purpose: str) -> Iterator[Registry]:
+    def locked(self, purpose: str) -> Iterator[Registry]:
         """The registry under its lock, written back at the end (StoreError naming the path
         when busy or not writable)."""
         try:
@@ -321,7 +337,7 @@ class ModelStore:
 
     def check_writable(self) -> None:
         """StoreError naming the path unless this process can write the store."""
-        with self._locked("check it is writable"):
+        with self.locked("check it is writable"):
             pass
 
     def save(self, result: TrainResult, *, run_id: str) -> Meta:
@@ -341,9 +357,9 @@ class ModelStore:
         version; the stored metadata. Signing vouches for the bytes: callers pass only bytes
         they made or verified."""
         get_spec(name)
-        fmt = _format(meta)
+        fmt = model_format(meta)
         signer = self.signer
-        with self._locked(f"save a version of {name}") as registry:
+        with self.locked(f"save a version of {name}") as registry:
             slot = registry.models.setdefault(name, ModelAliases())
             number = max([slot.last_version, *self._numbers(name, ALL_SUFFIXES)]) + 1
             meta_path = self.meta_path(name, version_id(number))
@@ -378,7 +394,7 @@ class ModelStore:
                              f"not {action!r} and {actor!r}")
         for name, version in targets.items():
             self.paths(name, version)
-        with self._locked(f"{action} {', '.join(targets)}") as registry:
+        with self.locked(f"{action} {', '.join(targets)}") as registry:
             for name, version in targets.items():
                 self._verified(name, version)
             moves: list[AliasMove] = []
@@ -413,7 +429,7 @@ class ModelStore:
     def reject(self, name: str, version: str) -> list[Path]:
         """A candidate the gate turned down: deleted now without versioning, else left for
         retention to age out. The files deleted."""
-        with self._locked(f"reject {name} {version}") as registry:
+        with self.locked(f"reject {name} {version}") as registry:
             slot = registry.models.get(name) or ModelAliases()
             if version in (slot.production, slot.previous):
                 raise StoreError(f"{name} {version} is production or previous; not rejected")
@@ -422,7 +438,7 @@ class ModelStore:
 
     def prune(self, name: str) -> list[Path]:
         """Apply retention to one model now; the files deleted."""
-        with self._locked(f"prune {name}") as registry:
+        with self.locked(f"prune {name}") as registry:
             return self._retain(name, registry)
 
     def _retain(self, name: str, registry: Registry) -> list[Path]:
@@ -445,51 +461,6 @@ class ModelStore:
         except OSError as exc:  # the aliases already moved: a failed clean-up must not undo that
             logger.warning("retention of %s stopped at %s: %s", name, exc.filename, exc)
         return deleted
-
-    def sign(self, *, trust_existing: bool = False,
-             previous: Signer | None = None) -> list[dict[str, str]]:
-        """Sign every committed version that the current key does not verify: those that
-        verify under `previous` (a key rotation), or, with `trust_existing`, any whose model
-        file matches its recorded SHA-256 (the operator vouches for the files on disk).
-        One row per version looked at: name, version and what happened."""
-        signer = self.signer
-        report: list[dict[str, str]] = []
-        with self._locked("sign versions"):
-            for name in MODEL_NAMES:
-                for version in self.committed(name):
-                    report.append({"name": name, "version": version,
-                                   "result": self._sign_one(name, version, signer,
-                                                            trust_existing, previous)})
-        signed = sum(1 for row in report if row["result"].startswith("signed"))
-        logger.warning("signed %d version(s) with key %s", signed, signer.key_id)
-        return report
-
-    def _sign_one(self, name: str, version: str, signer: Signer, trust_existing: bool,
-                  previous: Signer | None) -> str:
-        try:
-            meta = self.metadata(name, version)
-        except StoreError as exc:
-            return f"left unsigned: {exc}"
-        if signer.verifies(meta):
-            return "already signed with the current key"
-        if previous is not None and previous.verifies(meta):
-            how = f"signed (was signed with key {previous.key_id})"
-        elif trust_existing:
-            how = "signed (trusted as found)"
-        else:
-            return "left unsigned: not signed with the previous key given"
-        path = self.model_path(name, version, _format(meta))
-        try:
-            digest = sha256_hex(path.read_bytes())
-        except OSError as exc:
-            return f"left unsigned: {path} cannot be read: {exc.strerror or exc}"
-        if digest != meta["sha256"] or (meta.get("name"), meta.get("version")) not in (
-                (name, version), (None, None)):
-            return f"left unsigned: {path} does not match its metadata"
-        atomic_write_json(self.meta_path(name, version),
-                          signer.signed({**meta, "name": name, "version": version,
-                                         "format": _format(meta)}))
-        return how
 
     def _delete(self, name: str, version: str) -> list[Path]:
         meta_path = self.meta_path(name, version)

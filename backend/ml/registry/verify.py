@@ -81,7 +81,7 @@ class Report:
 def verify_chain(path: Path, signer: Signer, head: AuditHead | None = None, *,
                  previous_key: Signer | None = None) -> Report:
     """Check every line of the audit at `path`, in order, against `signer`'s key (or
-    `previous_key`'s, for the lines it signed: a key rotation, rechain.py), and that it reaches
+    `previous_key`'s, for the lines it signed: a key rotation, rotation.py), and that it reaches
     `head` (read before the audit: an append in between only adds lines).
 
     A line breaks the chain when it is not a JSON object, when its `prev` is not the hash of

@@ -46,6 +46,7 @@ from backend.ml.data import loading
 from backend.ml.fleet import specs
 from backend.ml.fsio import lock_holder
 from backend.ml.history.document import TRIGGERS
+from backend.ml.monitoring.steps import WallClock
 from backend.ml.runs import worker
 from backend.ml.runs.launcher import Launcher
 from backend.ml.runs.progress import (
@@ -87,10 +88,13 @@ class Runner:
     GIL) with the heavy work: status answers stay fast."""
 
     def __init__(self, services: Services, *, isolated: bool = False,
-                 launcher: Launcher | None = None) -> None:
+                 launcher: Launcher | None = None, clock: WallClock | None = None) -> None:
         self.isolated = isolated
         self.services = services
         self.settings = services.settings
+        # The time a run trains at: it reads only the labels known by then. A worker
+        # process (isolated runs) reads the wall clock: a simulated one is for in-process runs.
+        self.clock = clock or WallClock()
         # An isolated runner (the web process, the headless scheduler) keeps a worker ready.
         self.launcher = launcher or Launcher(services.settings, keep_spare=isolated)
 
@@ -310,12 +314,15 @@ class Runner:
         return summary
 
     def _load(self, chosen: Sequence[specs.ModelSpec]) -> dict[str, pd.DataFrame]:
-        """Each table the models need, once, with only the columns they read."""
+        """Each table the models need, once, with only the columns they read and only the
+        labels known at the run's time (the clock's now)."""
         columns: dict[str, list[str]] = {}
         for spec in chosen:
             columns.setdefault(spec.table, []).extend(trainer.input_columns(spec))
         engine = loading.open_readonly(self.settings.DATABASE_URL)
-        return {table: loading.load_table(engine, table, columns=list(dict.fromkeys(wanted)))
+        as_of = self.clock.now()
+        return {table: loading.load_table(engine, table, columns=list(dict.fromkeys(wanted)),
+                                          labels_as_of=as_of)
                 for table, wanted in columns.items()}
 
     def _fit(self, chosen: Sequence[specs.ModelSpec], tables: Mapping[str, pd.DataFrame],

@@ -25,8 +25,10 @@ class Services:
     """The store, the history and the alerts of one `Settings`."""
 
     def __init__(self, settings: Settings, history: History, *,
-                 store: ModelStore | None = None, alerts: Alerts | None = None) -> None:
+                 store: ModelStore | None = None, alerts: Alerts | None = None,
+                 keep_loaded: bool = False) -> None:
         self.settings = settings
+        self.keep_loaded = keep_loaded  # the store's (ModelStore): for long-lived processes
         self.history = history
         self._store = store
         self._alerts = alerts
@@ -60,7 +62,8 @@ class Services:
                                          versioning=settings.MODEL_VERSIONING,
                                          keep_candidates=settings.KEEP_CANDIDATES,
                                          signer=signer_for(settings),
-                                         on_recover=self.report_recovery)
+                                         on_recover=self.report_recovery,
+                                         keep_loaded=self.keep_loaded)
             return self._store
 
     @property

@@ -8,8 +8,11 @@ model look changed once.
 
 `training_data` is the same facts spelled out for a person and for `replay`: the window,
 rows, columns, content hash, the content hash of each calendar month (so a replay can say
-where rows changed, not only that they did), the options the fit followed and the
-estimator's description. `model_hash` hashes a fitted estimator in memory: two fits of
+where rows changed, not only that they did), the options the fit followed, the
+estimator's description and `labels_as_of`, the time whose known labels the rows were
+loaded with (`loading.load_table`; None when loaded unmasked), so a replay reads the same
+labels. It is not part of `data_fingerprint`: the rows' content already says what was
+seen. `model_hash` hashes a fitted estimator in memory: two fits of
 one spec on the same rows with the same options and libraries give the same hash.
 """
 
@@ -109,6 +112,7 @@ def training_data(spec: ModelSpec, labelled: pd.DataFrame, options: TrainOptions
                                   hashlib.sha256(chosen.tobytes()).hexdigest()[:16]]
     followed = {**asdict(options), "params": dict(params)}
     return {"table": spec.table, "window": _window(times), "rows": len(labelled),
+            "labels_as_of": labelled.attrs.get("labels_as_of"),
             "columns": columns, "content_sha256": hashlib.sha256(rows.tobytes()).hexdigest(),
             "content_by_month": months, "train_options": _plain(followed),
             "estimator": estimator_description(spec, params)}

@@ -5,7 +5,8 @@ options and parameters followed, the estimator's description), the libraries it 
 with and `model_hash`, the fitted estimator's hash. `replay` loads the version's metadata
 (verified: signed, model file whole), reads the model's table, keeps the rows the fit could
 have seen (event time up to the recorded window's end; earlier rows all stay, so a spec's
-lags see the history they saw), fits with the recorded options and compares the hashes.
+lags see the history they saw; labels as known at the recorded `labels_as_of`), fits
+with the recorded options and compares the hashes.
 Equal: "same". Otherwise it names what differs: the rows (count, window, and the months
 whose content changed), the estimator's description (code), the library versions.
 
@@ -70,7 +71,11 @@ def replay(store: ModelStore, engine: Engine, name: str, version: str) -> Replay
     spec = get_spec(name)
     meta = store.verify(name, version)  # StoreError for an unknown or damaged version
     recorded = meta.get("training_data")
-    table = loading.load_table(engine, spec.table, columns=trainer.input_columns(spec))
+    # The labels the fit could see: those known when it loaded its rows (recorded since
+    # label times were; before, every label on file).
+    as_of = recorded.get("labels_as_of") if isinstance(recorded, dict) else None
+    table = loading.load_table(engine, spec.table, columns=trainer.input_columns(spec),
+                               labels_as_of=None if as_of is None else pd.Timestamp(as_of))
     tcol = schema.time_column(spec.table)
     if not isinstance(recorded, dict) or not isinstance(meta.get("model_hash"), str):
         end = meta.get("data_end")

@@ -114,6 +114,9 @@ class TrainResult:
     data_fingerprint: str | None = None
     training_data: dict[str, Any] = field(default_factory=dict)  # fingerprint.training_data
     model_hash: str | None = None  # fingerprint.model_hash of the fitted estimator
+    # The version's performance estimator (monitoring.estimate.fitted_state): plain numbers
+    # learnt on the holdout, to estimate its score on rows whose labels are not known yet.
+    performance_estimator: dict[str, Any] | None = field(default=None, repr=False)
     estimator: Pipeline | None = field(default=None, repr=False)
     # The fit's decision values on its holdout rows, in their order: the promotion gate
     # compares production on the same rows without predicting them again. Never stored.
@@ -354,6 +357,7 @@ def train_one(spec: ModelSpec, table: pd.DataFrame, *, threshold: float,
                          if isinstance(v, (int, float, str, bool, type(None)))}
         result.feature_stats = reference_stats(spec, train[list(spec.features)])
         result.training_data = fingerprint.training_data(spec, labelled, options, params)
+        result.performance_estimator = _performance_estimator(spec, estimator, holdout)
         result.estimator = estimator
         result.status = OK
     except TrainingError as exc:
@@ -363,6 +367,20 @@ def train_one(spec: ModelSpec, table: pd.DataFrame, *, threshold: float,
         result.params = {"traceback": traceback.format_exc(limit=3)}
     result.duration_seconds = round(time.perf_counter() - started, 4)
     return result
+
+
+def _performance_estimator(spec: ModelSpec, estimator: Pipeline,
+                           holdout: pd.DataFrame) -> dict[str, Any] | None:
+    """The estimator's state, or None with a warning: a version without one is still a
+    good version (its checks then wait for labels)."""
+    from backend.ml.monitoring.estimate import fitted_state  # it imports this module
+
+    try:
+        return fitted_state(spec, estimator, holdout)
+    except Exception as exc:
+        logger.warning("%s: no performance estimator: %s: %s", spec.name,
+                       type(exc).__name__, exc)
+        return None
 
 
 def tables_for(specs: Iterable[ModelSpec]) -> list[str]:

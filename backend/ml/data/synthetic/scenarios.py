@@ -33,10 +33,9 @@ class Scenario:
 SCENARIOS: dict[str, Scenario] = {s.name: s for s in [
     Scenario("monsoon_disruption", "extreme rainfall (80-250 mm) waterlogs tracks and roads; "
              "delays climb steeply past the drains' 60 mm capacity; rain beyond anything on "
-             "record also misleads the route model (it picks another destination's route) "
-             "and the anomaly detector",
+             "record also misleads the anomaly detector",
              ("delay_prediction",),
-             ("delay_prediction", "route_optimization", "anomaly_detection")),
+             ("delay_prediction", "anomaly_detection")),
     Scenario("fuel_price_shock", "diesel jumps from about 92 to about 150 INR/l; freight "
              "tariffs follow through their fuel clauses, and road against rail changes which "
              "option is cheapest",

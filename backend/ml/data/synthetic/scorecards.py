@@ -6,15 +6,15 @@ import numpy as np
 import pandas as pd
 
 from backend.ml.data import schema
+from backend.ml.data.labels import LABELLED_AT
 from backend.ml.data.synthetic.world import DayContext, World
 
 
-def make_scorecards(ctx: DayContext, world: World, rng: np.random.Generator,
-                    last_labelled: pd.Timestamp) -> pd.DataFrame:
+def make_scorecards(ctx: DayContext, world: World, rng: np.random.Generator) -> pd.DataFrame:
     months = pd.date_range(ctx.days[0], ctx.days[-1], freq="MS")
     if len(months) == 0:
         return pd.DataFrame(columns=[c.name for c in schema.supplier_scorecards.columns
-                                     if c.name != "id"])
+                                     if c.name not in ("id", LABELLED_AT)])
     tr = world.transporters
     frames = []
     for month in months:
@@ -23,8 +23,6 @@ def make_scorecards(ctx: DayContext, world: World, rng: np.random.Generator,
         q_next = np.clip(tr.quality.to_numpy() + 0.12 * np.sin((k + 3) / 4 + tr.phase.to_numpy())
                          + rng.normal(0, 0.04, len(tr)), 0, 1)
         rating = np.select([q_next > 0.62, q_next > 0.3], ["A", "B"], "C").astype(object)
-        if month > last_labelled:  # next quarter not over yet: no label
-            rating[:] = None
         frames.append(pd.DataFrame({
             "month": month, "transporter": tr.transporter.to_numpy(),
             "fleet_size": tr.fleet.to_numpy(),
