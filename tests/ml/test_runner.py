@@ -203,7 +203,10 @@ def test_kill_minus_nine_at_any_instant_leaves_everything_whole(tmp_path: Path) 
 
 def test_backups_keep_the_replaced_set_and_retention_prunes_old_sets(
         small_db: str, tmp_path: Path) -> None:
-    settings = settings_for(tmp_path, small_db)
+    # A key of these settings, not the environment's: the backup must verify with it. A
+    # wide tolerance: the second version is promoted, so the first one is backed up.
+    settings = settings_for(tmp_path, small_db, MODEL_SIGNING_KEY="backup-key-" + "5" * 40,
+                            PROMOTION_TOLERANCE=0.5)
     services = Services.from_settings(settings)
     runner = Runner(services)
     runner.run(models=["scenario_analysis"])
@@ -215,10 +218,10 @@ def test_backups_keep_the_replaced_set_and_retention_prunes_old_sets(
                options={"scenario_analysis": trainer.TrainOptions(params={"max_iter": 400})})
     backups = sorted(settings.LOGS_DIR.glob("backup_*"))
     assert old not in backups, "a set older than BACKUP_RETENTION_DAYS must be pruned"
-    if services.store.aliases("scenario_analysis")["previous"]:
-        [backup] = backups
-        manifest = json.loads((backup / "manifest.json").read_text())
-        assert manifest["models"]["scenario_analysis"]["version"] == "v0001"
+    assert services.store.aliases("scenario_analysis")["previous"] == "v0001"
+    [backup] = backups
+    manifest = json.loads((backup / "manifest.json").read_text())
+    assert manifest["models"]["scenario_analysis"]["version"] == "v0001"
     for version in filter(None, services.store.aliases("scenario_analysis").values()):
         services.store.load("scenario_analysis", version)
 

@@ -81,8 +81,10 @@ def save_and_promote(services: Services, run_id: str, results: Sequence[trainer.
             store.reject(result.name, meta["version"])
     replaced = [n for n in winners if store.aliases(n)["production"] is not None]
     if replaced and settings.BACKUP_MODELS:
+        # The run's own store: one built here would verify with the environment's key,
+        # not these settings' (a backtest's or a benchmark's), and back up nothing
         backup_production(settings.MODELS_DIR, settings.LOGS_DIR, replaced,
-                          key=settings.BACKUP_ENCRYPTION_KEY)
+                          key=settings.BACKUP_ENCRYPTION_KEY, store=store)
     for name, (version, reason) in winners.items():
         store.promote(name, version, reason=f"{reason} (run {run_id})", actor=actor)
     if settings.BACKUP_MODELS:
