@@ -16,7 +16,7 @@ import pandas as pd
 import sqlalchemy as sa
 
 from backend.ml.data import loading, schema
-from backend.ml.data.labels import LABELLED_AT
+from backend.ml.data.labels import LABELLED_AT, LabelState
 from backend.ml.fleet import specs
 from backend.ml.fleet.scoring import get_metric
 from backend.ml.training import trainer
@@ -98,9 +98,10 @@ def pending_rows(spec: specs.ModelSpec, table: pd.DataFrame, data_end: str) -> p
     if LABELLED_AT in table.columns and LABELLED_AT not in columns:
         columns = [*columns, LABELLED_AT]
     frame = spec.frame(table[columns])
-    waiting = frame[spec.target].isna()
-    if LABELLED_AT in frame.columns:
-        waiting &= frame[LABELLED_AT].isna()
+    if LABELLED_AT in frame.columns:  # the data layer's one rule for pending
+        waiting = loading.label_state(frame, spec.target) == LabelState.PENDING
+    else:
+        waiting = frame[spec.target].isna()
     tcol = schema.time_column(spec.table)
     pending = frame[waiting & (frame[tcol] > pd.Timestamp(data_end))]
     return pending.sort_values(tcol, kind="stable")
