@@ -32,8 +32,10 @@ $(CHROMIUM):
 	$(SUDO) apt-get install -y --no-install-recommends chromium || \
 	  { $(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends chromium; }
 
+# Two test processes, one per core, each module whole on one of them (its fixtures are
+# built once). One OpenMP thread each: more would spin against the other process.
 test: install-dev $(CHROMIUM)
-	$(PY) -m pytest
+	OMP_NUM_THREADS=1 $(PY) -m pytest -n 2 --dist loadfile
 
 lint: install-dev
 	$(PY) -m ruff check backend tests benchmarks

@@ -181,7 +181,9 @@ def test_a_slow_candidate_neither_grows_the_queue_nor_delays_predict(
     for _ in range(calls):
         started = time.monotonic()
         ok(client.post(f"/ml/models/{name}/predict", json=body))
-        assert time.monotonic() - started < 1.0  # the candidate sleeps 2 s per batch
+        # The candidate sleeps 2 s per batch: a predict that waited for it would take
+        # that long. (The first call also loads production, slower on a loaded machine.)
+        assert time.monotonic() - started < 1.5
         assert scorer.queue.qsize() <= 2
     during = scorer.summary(name)
     assert during is not None and during["dropped"] >= 1

@@ -25,18 +25,25 @@ from backend.ml.config import REPO_ROOT, Settings
 logger = logging.getLogger(__name__)
 
 
+# A worker started this way is a spare kept ahead of need: it reads production while it
+# waits (`preload.py`). One started for a request at hand goes straight to its job.
+AHEAD = "--ahead"
+
+
 class Spare:
     """A worker process started ahead of need: it imports its libraries, then waits for its
-    one request (`send`). `process` is the child, read with `collect` as any worker."""
+    one request (`send`). `process` is the child, read with `collect` as any worker. An
+    `ahead` one also reads production while it waits (`preload.py`)."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, ahead: bool = False) -> None:
         env = {**os.environ, **settings.as_environment(),
                "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT),
                                                            os.environ.get("PYTHONPATH")]))}
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             self.process: subprocess.Popen[str] = subprocess.Popen(
-                [sys.executable, "-m", "backend.ml.runs.worker"], cwd=REPO_ROOT, env=env,
+                [sys.executable, "-m", "backend.ml.runs.worker", *([AHEAD] if ahead else [])],
+                cwd=REPO_ROOT, env=env,
                 stdin=theirs.fileno(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                 text=True)
         except BaseException:
@@ -82,8 +89,9 @@ class Launcher:
 
     Deliberately not kept: more than one spare, and a spare for the periodic check (it runs
     once an hour; nobody waits for it). A spare costs one idle process per web process
-    (about 230 MB resident, 150 MB of it its own); `close()` ends it, and it exits by
-    itself when its parent goes away.
+    (about 230 MB resident, 150 MB of it its own, and about 60 MB more for the production
+    models it reads while it waits); `close()` ends it, and it exits by itself when its
+    parent goes away.
     """
 
     def __init__(self, settings: Settings, *, keep_spare: bool = False,
@@ -159,7 +167,7 @@ class Launcher:
             if self._closed or self._spare is not None:
                 return
         try:
-            spare = Spare(self.settings)
+            spare = Spare(self.settings, ahead=True)
         except Exception:
             logger.exception("cannot start a spare worker; runs start their own")
             return

@@ -16,13 +16,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
+import numpy as np
 import pandas as pd
 
 from backend.ml.data import schema
 from backend.ml.fleet import specs
 from backend.ml.fleet.scoring import get_metric, passes
+from backend.ml.registry import predictions
 from backend.ml.registry.backups import backup_production, prune_backups
 from backend.ml.registry.promotion import (
     Decision,
@@ -53,7 +55,7 @@ def save_and_promote(services: Services, run_id: str, results: Sequence[trainer.
                                                     verified_production(store, result.name))
             continue
         meta = store.save(result, run_id=run_id)
-        production, interval, worst = compare_on_holdout(services, result, tables)
+        production, interval, worst, keys, _ = compare_on_holdout(services, result, tables)
         promote, reason, below = promotion_decision(
             candidate_score=float(result.score or 0.0), candidate_passed=result.passed,
             production_score_on_same_holdout=production,
@@ -68,6 +70,11 @@ def save_and_promote(services: Services, run_id: str, results: Sequence[trainer.
                                         "data_fingerprint")}, "gate": gate})
         if promote:
             winners[result.name] = (meta["version"], reason)
+            if keys is not None and result.holdout_values is not None:
+                # so that tomorrow's gate, with this version as production, reuses them
+                predictions.remember(store, result.name, meta["version"],
+                                     list(specs.get_spec(result.name).features), keys,
+                                     result.holdout_values)
             if below:  # serves although under its threshold: the best there is
                 better = ("there is nothing better" if production is None else
                           f"it beats production ({production:.4f} on the same holdout)")
@@ -156,31 +163,48 @@ def keep_unchanged(result: trainer.TrainResult,
                     else None)
 
 
+class Comparison(NamedTuple):
+    """The gate's evidence on a candidate's holdout (see `compare_on_holdout`)."""
+
+    production: float | None
+    interval: Interval | None = None
+    worst: SliceGap | None = None
+    keys: np.ndarray | None = None  # the holdout rows' keys (`predictions.row_keys`)
+    reused: int = 0  # rows whose production prediction was kept from its own holdout
+
+
 def compare_on_holdout(services: Services, result: trainer.TrainResult,
-                       tables: Mapping[str, pd.DataFrame],
-                       ) -> tuple[float | None, Interval | None, SliceGap | None]:
+                       tables: Mapping[str, pd.DataFrame]) -> Comparison:
     """Production's score on the candidate's holdout (not its old number; None if nothing
-    serves), and, predicting with both models once, the paired bootstrap interval of
-    candidate minus production and the spec's worst slice (None when not computed)."""
-    served = services.store.load_serving(result.name,
-                                         on_alert=services.alerts.callback(result.name))
-    if served is None:
-        return None, None, None
+    serves), and, with one prediction by each model, the paired bootstrap interval of
+    candidate minus production and the spec's worst slice (None when not computed).
+    Production's predictions it kept from its own holdout are reused by row
+    (`predictions.py`); only the other rows are predicted."""
     settings = services.settings
     spec = specs.get_spec(result.name)
     labelled, _ = trainer.labelled_frame(spec, tables[spec.table])
     tcol = schema.time_column(spec.table)
     holdout = labelled[labelled[tcol] >= pd.Timestamp(result.holdout_start)]
-    X = holdout[list(spec.features)]
+    features = list(spec.features)
+    X = holdout[features]
+    keys = predictions.row_keys(X)
+    served = services.store.load_serving(result.name,
+                                         on_alert=services.alerts.callback(result.name))
+    if served is None:
+        return Comparison(None, keys=keys)
     try:
         y = trainer.target_values(spec, holdout[spec.target])
-        production = trainer.decision_values(spec, served[0], X)
+        memo = predictions.recall(services.store, result.name, served[1]["version"], features)
+        production, reused = predictions.predicted(
+            memo, keys, lambda rows: trainer.decision_values(spec, served[0], X[rows]))
         score = round(get_metric(spec.metric).score(y, production), 6)
     except Exception as exc:  # production cannot score today's data: the candidate wins
         logger.warning("production %s cannot score the new holdout: %s", result.name, exc)
-        return 0.0, None, None
+        return Comparison(0.0, keys=keys)
+    logger.debug("%s: production's predictions reused for %d of %d holdout rows",
+                 result.name, reused, len(keys))
     if result.estimator is None:
-        return score, None, None
+        return Comparison(score, keys=keys, reused=reused)
     try:
         candidate = result.holdout_values  # predicted by the fit, on these very rows
         if candidate is None or len(candidate) != len(X):
@@ -196,5 +220,5 @@ def compare_on_holdout(services: Services, result: trainer.TrainResult,
                             min_rows=settings.PROMOTION_MIN_SLICE_ROWS)
     except Exception as exc:  # no evidence is never a reason to fail the run
         logger.warning("%s: no interval or slices for the gate: %s", result.name, exc)
-        return score, None, None
-    return score, interval, worst
+        return Comparison(score, keys=keys, reused=reused)
+    return Comparison(score, interval, worst, keys, reused)

@@ -35,7 +35,7 @@ class Services:
         self._building = threading.Lock()  # two threads asking first build one of each
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> Services:
+    def from_settings(cls, settings: Settings, *, keep_loaded: bool = False) -> Services:
         services: Services
 
         def rebuild() -> dict[str, Any]:
@@ -47,7 +47,7 @@ class Services:
             services.report_recovery(recovery)
 
         history = History(settings.history_file, rebuild=rebuild, on_recover=report)
-        services = cls(settings, history)
+        services = cls(settings, history, keep_loaded=keep_loaded)
         return services
 
     @property

@@ -57,8 +57,10 @@ from typing import TYPE_CHECKING, Any
 from backend.ml.config import Settings
 from backend.ml.history.document import TRIGGERS
 from backend.ml.registry.aliases import ACTORS
-from backend.ml.runs.launcher import spawn
+from backend.ml.runs.launcher import AHEAD, spawn
+from backend.ml.runs.preload import Preload
 from backend.ml.runs.progress import RunInProgressError
+from backend.ml.runs.services import Services
 
 if TYPE_CHECKING:
     from backend.ml.training.trainer import TrainOptions
@@ -264,12 +266,11 @@ def _read_request() -> tuple[bytes, list[int]]:
     return data, fds
 
 
-def _train(request: Mapping[str, Any], fds: Sequence[int]) -> Any:
+def _train(request: Mapping[str, Any], fds: Sequence[int], services: Services | None) -> Any:
     from backend.ml.config import get_settings
     from backend.ml.fleet import specs
     from backend.ml.runs.progress import RunLock
     from backend.ml.runs.runner import Runner
-    from backend.ml.runs.services import Services
     from backend.ml.training.trainer import TrainOptions
 
     try:
@@ -292,7 +293,7 @@ def _train(request: Mapping[str, Any], fds: Sequence[int]) -> Any:
     except (KeyError, TypeError, ValueError) as exc:
         raise InvalidRequest(str(exc).strip("'\"")) from None
     settings = get_settings()
-    runner = Runner(Services.from_settings(settings))
+    runner = Runner(services or Services.from_settings(settings))
     if handover is None:
         return runner.run(trigger=trigger, models=names, actor=actor, run_id=run_id,
                           options=options)
@@ -304,13 +305,12 @@ def _train(request: Mapping[str, Any], fds: Sequence[int]) -> Any:
                                started_at=str(handover["started_at"]))
 
 
-def _check(stop: threading.Event) -> Any:
+def _check(stop: threading.Event, services: Services | None) -> Any:
     from backend.ml.config import get_settings
     from backend.ml.monitoring.check import run_check
     from backend.ml.runs.runner import Runner
-    from backend.ml.runs.services import Services
 
-    return run_check(Runner(Services.from_settings(get_settings())), stop=stop)
+    return run_check(Runner(services or Services.from_settings(get_settings())), stop=stop)
 
 
 def _stop_on_sigterm() -> threading.Event:
@@ -324,16 +324,16 @@ def _stop_on_sigterm() -> threading.Event:
     return stop
 
 
-def handle(request: Any, fds: Sequence[int] = ()) -> Any:
-    """Run one request in this process; its result (raises InvalidRequest, or what it
-    raised)."""
+def handle(request: Any, fds: Sequence[int] = (), services: Services | None = None) -> Any:
+    """Run one request in this process (with `services` when given, else ones built from
+    the settings); its result (raises InvalidRequest, or what it raised)."""
     if not isinstance(request, dict):
         raise InvalidRequest("a request is a JSON object")
     job = request.get("job")
     if job == "train":
-        return _train(request, fds)
+        return _train(request, fds, services)
     if job == "check":
-        return _check(_stop_on_sigterm())
+        return _check(_stop_on_sigterm(), services)
     raise InvalidRequest(f"job must be 'train' or 'check', not {job!r}")
 
 
@@ -359,13 +359,15 @@ def main() -> int:
     try:
         _configure_logging()
         _warm_up()
+        preload = Preload.start() if AHEAD in sys.argv[1:] else None
         raw, fds = _read_request()
+        services = preload.finish() if preload is not None else None
         if not raw.strip():
             return 0  # a spare whose parent went away without a job: nothing to say
         request = json.loads(raw)
         if isinstance(request, dict) and isinstance(request.get("run_id"), str):
             run_id = request["run_id"]
-        answer: dict[str, Any] = {"ok": True, "result": handle(request, fds)}
+        answer: dict[str, Any] = {"ok": True, "result": handle(request, fds, services)}
     except RunInProgressError as exc:
         answer = {"ok": False, "error": {"kind": "run_in_progress", "message": str(exc),
                                          "run_id": exc.run_id, "trigger": exc.trigger,
