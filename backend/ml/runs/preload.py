@@ -1,4 +1,5 @@
-"""A spare worker's idle time spent reading production ahead of its request.
+"""What a worker does before its request comes: import its libraries (`warm_up`, every
+worker), and, for a spare kept ahead of need, read production (`Preload`).
 
 A run's gate re-scores production on each candidate's holdout, so it reads every production
 model through skops: thousands of tree arrays per model, most of the gate's cost. A spare
@@ -15,12 +16,23 @@ waits for more than the model being read when it comes. What it costs: the spare
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 
 from backend.ml.runs.services import Services
 
 logger = logging.getLogger(__name__)
+
+
+def warm_up() -> None:
+    """Import what every job needs before the request comes: a spare worker pays this while
+    nobody waits for it."""
+    import backend.ml.registry.store  # noqa: F401
+    import backend.ml.runs.runner  # noqa: F401  (pandas, scikit-learn, SQLAlchemy)
+
+    with contextlib.suppress(ImportError):  # the store's model format, imported on first use
+        import skops.io  # noqa: F401
 
 
 class Preload:

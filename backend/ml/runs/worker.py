@@ -58,7 +58,7 @@ from backend.ml.config import Settings
 from backend.ml.history.document import TRIGGERS
 from backend.ml.registry.aliases import ACTORS
 from backend.ml.runs.launcher import AHEAD, spawn
-from backend.ml.runs.preload import Preload
+from backend.ml.runs.preload import Preload, warm_up
 from backend.ml.runs.progress import RunInProgressError
 from backend.ml.runs.services import Services
 
@@ -233,17 +233,6 @@ class ChildCheck:
 
 # ---- the child's side --------------------------------------------------------------------
 
-def _warm_up() -> None:
-    """Import what every job needs before the request comes: a spare worker pays this while
-    nobody waits for it."""
-    import backend.ml.registry.store  # noqa: F401
-    import backend.ml.runs.runner  # noqa: F401  (pandas, scikit-learn, SQLAlchemy)
-    import backend.ml.runs.services  # noqa: F401
-
-    with contextlib.suppress(ImportError):  # the store's model format, imported on first use
-        import skops.io  # noqa: F401
-
-
 def _read_request() -> tuple[bytes, list[int]]:
     """The request line on stdin and the descriptors that came with it. Stdin is a Unix
     socket when a parent started us; plain text (a pipe, a file) is read as well."""
@@ -358,7 +347,7 @@ def main() -> int:
     run_id: str | None = None
     try:
         _configure_logging()
-        _warm_up()
+        warm_up()
         preload = Preload.start() if AHEAD in sys.argv[1:] else None
         raw, fds = _read_request()
         services = preload.finish() if preload is not None else None
