@@ -6,6 +6,7 @@ import dataclasses
 from datetime import date
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -226,6 +227,53 @@ def test_a_retrain_holds_out_the_newest_half_capped_so_a_late_shift_reaches_the_
         start = pd.Timestamp(fresh.retrain_holdout_start(spec, times))
         held = int((times >= start).sum())
         assert held == min(rows // 2, cap), rows
+
+
+def test_after_a_shift_a_retrain_holds_out_half_of_the_rows_since_it() -> None:
+    """A shift confirmed by labels is only a few days old: holding out the newest five
+    fresh minimums put all but 8 of a diesel shock's 508 labelled rows in the holdout, and
+    the retrain stayed under the threshold. After a sure step in the live errors the
+    holdout is the newest half of the rows since the step, at least a fresh minimum."""
+    spec = specs.get_spec("cost_prediction")
+    minimum = fresh.fresh_minimum(spec)
+    times = pd.Series(pd.date_range("2026-01-01", periods=1000, freq="h"))
+    for shifted, held in ((500, 250), (120, minimum), (None, 5 * minimum)):
+        start = pd.Timestamp(fresh.retrain_holdout_start(spec, times, shifted))
+        assert int((times >= start).sum()) == held, shifted
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_a_step_in_the_live_errors_is_found_where_it_is_and_calm_noise_is_not(
+        seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    cost = specs.get_spec("cost_prediction")  # r2: residuals and absolute errors
+    y = rng.normal(1000, 100, 1000)
+    calm = y + rng.standard_t(3, 1000) * 30  # heavy-tailed, but nothing moved
+    assert fresh.rows_since_shift(cost, y, calm) is None
+    biased = calm.copy()
+    biased[700:] -= 40  # costs rose past the predictions from row 700
+    assert abs(fresh.rows_since_shift(cost, y, biased) - 300) <= 30
+    wider = calm.copy()
+    wider[600:] = y[600:] + rng.normal(0, 120, 400)  # no bias, a wider spread
+    assert abs(fresh.rows_since_shift(cost, y, wider) - 400) <= 40
+    quality = specs.get_spec("quality_prediction")  # balanced accuracy: misses
+    labels = rng.integers(0, 3, 1000)
+    guessed = np.where(rng.random(1000) < 0.1, (labels + 1) % 3, labels)
+    assert fresh.rows_since_shift(quality, labels, guessed) is None
+    guessed[800:] = np.where(rng.random(200) < 0.4, (labels[800:] + 1) % 3, labels[800:])
+    assert abs(fresh.rows_since_shift(quality, labels, guessed) - 200) <= 30
+    anomaly = specs.get_spec("anomaly_detection")  # ROC AUC has no per-row loss
+    assert fresh.rows_since_shift(anomaly, labels > 1, guessed.astype(float)) is None
+
+
+def test_calm_windows_rarely_look_shifted() -> None:
+    """The threshold's false alarms: 300 calm windows of a heavy-tailed error."""
+    rng = np.random.default_rng(7)
+    spec = specs.get_spec("cost_prediction")
+    y = np.zeros(1000)
+    found = sum(fresh.rows_since_shift(spec, y, rng.standard_t(3, 1000)) is not None
+                for _ in range(300))
+    assert found <= 1, found
 
 
 def test_under_the_threshold_by_noise_alone_is_watch_and_surely_under_is_degraded(

@@ -20,7 +20,9 @@ something different: 1 all data including the fresh rows, 2 recency weights, 3 a
 hyper-parameter search; with backoff between attempts. Each holds out only the newest half
 of the fresh rows, and at most RETRAIN_HOLDOUT_MINIMUMS times the model's fresh minimum
 (the gate compares with production there), so it learns from the rest: a shift that began
-late in a long fresh window reaches the fit, not only its holdout.
+late in a long fresh window reaches the fit, not only its holdout. When the live errors
+surely stepped inside the window (`fresh.rows_since_shift`), only the newest half of
+the rows since the step is held out: the fit learns the new world from the other half.
 After the last failed attempt: one alert, the best version keeps serving (the promotion
 gate guarantees it), and the model cools down until new data arrives or the next daily
 run passes.
@@ -71,6 +73,7 @@ from backend.ml.monitoring.fresh import (
     live_window,
     pending_rows,
     retrain_holdout_start,
+    rows_since_shift,
     seen_ranges,
 )
 from backend.ml.monitoring.state import (
@@ -209,7 +212,6 @@ class Monitor:
             return CheckVerdict(Verdict.INSUFFICIENT_FRESH_DATA, version, threshold,
                                 meta.get("score"), len(fresh), needed_events=MIN_EVENTS,
                                 events=MIN_EVENTS - short, realized=realized)
-        self._fresh_midpoint[name] = retrain_holdout_start(spec, fresh[tcol])
         window = live_window(spec, fresh)
         y = trainer.target_values(spec, window[spec.target])
         values = trainer.decision_values(spec, estimator, window[list(spec.features)])
@@ -234,6 +236,9 @@ class Monitor:
             verdict = Verdict.DEGRADED_RECOVERING
         else:
             verdict = Verdict.HEALTHY
+        # A retrain holds out the newest fresh rows; after a shift, half of those since it
+        shifted = rows_since_shift(spec, y, values) if verdict is Verdict.DEGRADED else None
+        self._fresh_midpoint[name] = retrain_holdout_start(spec, fresh[tcol], shifted)
         model_state.verdict, model_state.version = verdict.standing, version
         if verdict is Verdict.HEALTHY:
             model_state.cooldown = None
@@ -394,3 +399,4 @@ class Monitor:
 def run_check(runner: Runner, **options: Any) -> dict[str, Any]:
     """One check with a fresh `Monitor` (its state lives on disk, not in the object)."""
     return Monitor(runner, **options).run_check()
+
