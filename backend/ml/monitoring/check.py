@@ -126,7 +126,9 @@ class Monitor:
         self._stop = stop or threading.Event()
         self.state = monitor_file(self.settings.LOGS_DIR,
                                   on_recover=self.services.report_recovery)
-        self._fresh_midpoint: dict[str, str] = {}  # per check: where a retrain's holdout starts
+        # Per check: where a retrain's holdout starts, and the rows since a step in the live
+        # errors that placed it (None: no step was sure)
+        self._holdout: dict[str, tuple[str, int | None]] = {}
         self._seen: dict[tuple[str, str], dict[str, tuple[float, float]]] = {}  # per check
 
     def _commit(self, entries: Mapping[str, ModelMonitorState]) -> None:
@@ -174,8 +176,7 @@ class Monitor:
                       for name in served if name not in degraded})
         for name in degraded:
             verdicts[name].retrain = self._retrain(name, state[name], tables,
-                                                   self._fresh_midpoint.get(name),
-                                                   verdicts[name])
+                                                   self._holdout.get(name), verdicts[name])
             self._commit({name: self._settle(name, known.of(name), state[name],
                                              verdicts[name], timestamp)})
         entry = {"check_id": check_id, "timestamp": timestamp,
@@ -198,7 +199,7 @@ class Monitor:
         realized = realize(spec, estimator, fresh, version, model_state) or None
         if len(fresh) < fresh_minimum(spec):
             # Too few labels for a verdict: estimate on the rows whose labels are pending.
-            self._fresh_midpoint.pop(name, None)  # a retrain on an estimate splits by time
+            self._holdout.pop(name, None)  # a retrain on an estimate splits by time
             result = CheckVerdict(Verdict.INSUFFICIENT_FRESH_DATA, version, threshold,
                                   meta.get("score"), len(fresh), needed=fresh_minimum(spec),
                                   realized=realized)
@@ -238,7 +239,7 @@ class Monitor:
             verdict = Verdict.HEALTHY
         # A retrain holds out the newest fresh rows; after a shift, half of those since it
         shifted = rows_since_shift(spec, y, values) if verdict is Verdict.DEGRADED else None
-        self._fresh_midpoint[name] = retrain_holdout_start(spec, fresh[tcol], shifted)
+        self._holdout[name] = (retrain_holdout_start(spec, fresh[tcol], shifted), shifted)
         model_state.verdict, model_state.version = verdict.standing, version
         if verdict is Verdict.HEALTHY:
             model_state.cooldown = None
@@ -327,9 +328,11 @@ class Monitor:
     # ---- retraining -------------------------------------------------------------------------
 
     def _retrain(self, name: str, model_state: ModelMonitorState,
-                 tables: Mapping[str, pd.DataFrame], holdout_since: str | None,
+                 tables: Mapping[str, pd.DataFrame], holdout: tuple[str, int | None] | None,
                  checked: CheckVerdict) -> dict[str, Any]:
-        """Up to MAX_RETRAIN_ATTEMPTS different fits; `checked` is the check's verdict."""
+        """Up to MAX_RETRAIN_ATTEMPTS different fits; `checked` is the check's verdict,
+        `holdout` where the fits' holdout starts and the rows since a shift that placed it
+        (None: the trainer's own split by time)."""
         spec = specs.get_spec(name)
         newest = str(tables[spec.table][schema.time_column(spec.table)].max())
         cooldown = model_state.cooldown
@@ -338,6 +341,8 @@ class Monitor:
             return {"skipped": f"cooling down until {cooldown.until.isoformat()} or new data"}
         model_state.cooldown = None
         limit = min(self.settings.MAX_RETRAIN_ATTEMPTS, len(RETRY_STRATEGIES))
+        holdout_since, shifted = holdout or (None, None)
+        split = {"holdout_since": holdout_since, "rows_since_shift": shifted}
         attempts = []
         for k in range(1, limit + 1):
             options = replace(RETRY_STRATEGIES[k - 1], holdout_since=holdout_since)
@@ -353,7 +358,7 @@ class Monitor:
                         options.strategy, detail.get("score"), detail.get("promoted"))
             if detail.get("promoted") and detail.get("passed"):
                 model_state.verdict, model_state.version = "healthy", detail.get("version")
-                return {"recovered": True, "attempts": attempts}
+                return {"recovered": True, "attempts": attempts, **split}
             if k < limit and self._backoff(self.backoff_seconds * 2 ** (k - 1), name, k + 1,
                                            limit):
                 break  # shutting down
@@ -368,7 +373,8 @@ class Monitor:
             f"{until.isoformat()}", model=name, attempts=attempts,
             score=max(scores, default=None), live_score=checked.live_score,
             threshold=checked.threshold)
-        return {"recovered": False, "attempts": attempts, "cooldown_until": until.isoformat()}
+        return {"recovered": False, "attempts": attempts, "cooldown_until": until.isoformat(),
+                **split}
 
 
     # ---- progress ---------------------------------------------------------------------------
