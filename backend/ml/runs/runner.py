@@ -316,14 +316,10 @@ class Runner:
     def _load(self, chosen: Sequence[specs.ModelSpec]) -> dict[str, pd.DataFrame]:
         """Each table the models need, once, with only the columns they read and only the
         labels known at the run's time (the clock's now)."""
-        columns: dict[str, list[str]] = {}
-        for spec in chosen:
-            columns.setdefault(spec.table, []).extend(trainer.input_columns(spec))
         engine = loading.open_readonly(self.settings.DATABASE_URL)
         as_of = self.clock.now()
-        return {table: loading.load_table(engine, table, columns=list(dict.fromkeys(wanted)),
-                                          labels_as_of=as_of)
-                for table, wanted in columns.items()}
+        return {table: loading.load_table(engine, table, columns=wanted, labels_as_of=as_of)
+                for table, wanted in trainer.columns_by_table(chosen).items()}
 
     def _fit(self, chosen: Sequence[specs.ModelSpec], tables: Mapping[str, pd.DataFrame],
              options: Mapping[str, trainer.TrainOptions],

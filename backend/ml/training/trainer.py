@@ -387,6 +387,14 @@ def tables_for(specs: Iterable[ModelSpec]) -> list[str]:
     return list(dict.fromkeys(spec.table for spec in specs))
 
 
+def columns_by_table(specs: Iterable[ModelSpec]) -> dict[str, list[str]]:
+    """Each table these specs read, with the columns any of them reads (`input_columns`)."""
+    columns: dict[str, list[str]] = {}
+    for spec in specs:
+        columns.setdefault(spec.table, []).extend(input_columns(spec))
+    return {table: list(dict.fromkeys(wanted)) for table, wanted in columns.items()}
+
+
 def load_tables(engine: Engine, specs: Iterable[ModelSpec]) -> dict[str, pd.DataFrame]:
     """Each table the specs need, loaded once and shared by all of them."""
     return {name: loading.load_table(engine, name) for name in tables_for(specs)}
