@@ -230,3 +230,22 @@ def test_bad_arguments_are_one_line_errors(argv: list[str], says: str) -> None:
         options_from(parse(*argv))
     message = str(caught.value)
     assert says in message and "\n" not in message
+
+
+def test_the_chart_names_a_policy_drawn_over_and_keeps_a_late_scenario_clear_of_the_legend(
+        ) -> None:
+    from backend.ml.backtest import chart
+
+    def days(scores: list[float]) -> list[dict[str, Any]]:
+        return [{"scores": {MODEL: s}, "estimates": {MODEL: None}} for s in scores]
+
+    same, other = [0.8, 0.7, 0.75, 0.8], [0.8, 0.6, 0.55, 0.5]
+    document = {"days": 4, "scenario": "fuel_price_shock", "at": 3, "policies": {
+        "on_degrade": {"available": True, "days": days(same)},
+        "on_estimate": {"available": True, "days": days(same)},
+        "never": {"available": True, "days": days(other)}}}
+    root = ET.fromstring(chart.render(document))
+    texts = {t.text: t for t in root.iter(f"{SVG}text")}
+    assert "on_degrade (= on_estimate)" in texts  # drawn first, hidden under on_estimate
+    assert "on_estimate" in texts and "never" in texts
+    assert texts["fuel_price_shock"].get("text-anchor") == "end"  # left of its line

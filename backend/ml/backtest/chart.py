@@ -13,8 +13,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 from xml.sax.saxutils import escape
 
-WIDTH, HEIGHT = 640, 300
-LEFT, RIGHT, TOP, BOTTOM = 52, 150, 20, 36
+WIDTH, HEIGHT = 680, 300
+LEFT, RIGHT, TOP, BOTTOM = 52, 190, 20, 36
 COLOURS = {"nightly": "#1f77b4", "on_degrade": "#2ca02c", "on_estimate": "#9467bd",
            "never": "#d62728"}
 
@@ -80,7 +80,11 @@ def render(document: Mapping[str, Any]) -> str:
     if document.get("scenario") and at is not None:
         parts.append(f'<line class="scenario" x1="{x(at):.1f}" y1="{TOP}" x2="{x(at):.1f}" '
                      f'y2="{TOP + plot_h}" stroke="#555" stroke-dasharray="4 3"/>')
-        parts.append(f'<text x="{x(at) + 3:.1f}" y="{TOP + 12}">'
+        # Past the middle the name goes left of the line, clear of the legend
+        late = at > (days - 1) / 2
+        anchor = "end" if late else "start"
+        parts.append(f'<text x="{x(at) + (-3 if late else 3):.1f}" y="{TOP + 12}" '
+                     f'text-anchor="{anchor}">'
                      f"{escape(str(document['scenario']))}</text>")
     for row, (name, means) in enumerate(series.items()):
         colour = COLOURS.get(name, "#333")
@@ -107,6 +111,11 @@ def render(document: Mapping[str, Any]) -> str:
         label = name if any(v is not None for v in means) else (
             f"{name} (estimated only)" if any(v is not None for v in estimated[name])
             else f"{name} (no score)")
+        # A policy whose days were a later one's is drawn over by it: say so
+        covering = [later for later in list(series)[row + 1:]
+                    if series[later] == means and estimated[later] == estimated[name]]
+        if covering:
+            label += f" (= {covering[-1]})"
         parts.append(f'<text x="{WIDTH - RIGHT + 32}" y="{ly}">{escape(label)}</text>')
     parts.append("</svg>")
     return "\n".join(parts) + "\n"

@@ -405,4 +405,3 @@ class Monitor:
 def run_check(runner: Runner, **options: Any) -> dict[str, Any]:
     """One check with a fresh `Monitor` (its state lives on disk, not in the object)."""
     return Monitor(runner, **options).run_check()
-
