@@ -37,6 +37,7 @@ from backend.ml.backtest.replay import Options, replay_in_copy, run_backtest
 from backend.ml.backtest.world import DAY0, WorldSpec, settings_in
 from backend.ml.config import Settings
 from backend.ml.fleet.specs import UnknownModelError
+from backend.ml.monitoring.state import read_state
 from backend.ml.runs.services import Services
 from tests.app.conftest import build_app, settings_for
 
@@ -99,6 +100,10 @@ def test_the_retrain_learnt_from_the_shift_it_found(document: dict[str, Any],
     # labels confirmed about 3.5 days of the shock (145 shipments a day) by then
     assert 300 <= first["rows_since_shift"] <= 700, first
     assert pd.Timestamp(first["holdout_since"]) > shock + timedelta(days=1), first
+    # and the step is on record, for every later fit of the model (a daily run's too)
+    since = read_state(state / "on_degrade" / "logs").of(MODEL).shift_since
+    assert since is not None and abs(pd.Timestamp(since).tz_localize(None) - shock) < \
+        timedelta(days=1), since
 
 
 def test_on_degrade_beats_never_with_fewer_retrains_than_nightly(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from datetime import date
+from datetime import UTC, date
 from pathlib import Path
 
 import numpy as np
@@ -240,6 +240,25 @@ def test_after_a_shift_a_retrain_holds_out_half_of_the_rows_since_it() -> None:
     for shifted, held in ((500, 250), (120, minimum), (None, 5 * minimum)):
         start = pd.Timestamp(fresh.retrain_holdout_start(spec, times, shifted))
         assert int((times >= start).sum()) == held, shifted
+
+
+def test_after_a_shift_every_fit_holds_out_half_of_the_rows_since_until_it_is_old() -> None:
+    """The daily run's default holdout is the newest 20% (months of a two-year window): a
+    shift younger than that lay wholly in it, every nightly candidate was fitted without a
+    row of the new world, and the gate held them all (supplier_decline: nightly's mean live
+    0.15). With a shift on record the fit holds out half of the rows since it."""
+    spec = specs.get_spec("delay_prediction")
+    minimum = fresh.fresh_minimum(spec)
+    times = pd.Series(pd.date_range("2026-01-01", periods=10_000, freq="h"))
+
+    def held(shift_at: int) -> int | None:
+        start = fresh.shift_holdout_start(spec, times, times.iloc[shift_at].to_pydatetime()
+                                          .replace(tzinfo=UTC))
+        return None if start is None else int((times >= pd.Timestamp(start)).sum())
+
+    assert held(9_000) == 500  # 1,000 rows since: the newest half
+    assert held(9_950) == minimum  # only 50 since: still a fresh minimum to judge by
+    assert held(6_000) is None  # 4,000 since: the default 2,000 is smaller, and taken
 
 
 @pytest.mark.parametrize("seed", range(5))

@@ -9,15 +9,19 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import UTC
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from backend.ml.config import REPO_ROOT, Settings
-from backend.ml.data import loading, synthetic
+from backend.ml.data import loading, schema, synthetic
 from backend.ml.fleet import specs
 from backend.ml.fsio import file_lock, lock_holder
 from backend.ml.history import History
+from backend.ml.monitoring import fresh
+from backend.ml.monitoring.state import ModelMonitorState, monitor_file
 from backend.ml.runs import worker
 from backend.ml.runs.progress import RunInProgressError, RunProgress, current_run, progress_file
 from backend.ml.runs.runner import Runner
@@ -372,3 +376,31 @@ def test_an_isolated_run_returns_the_summary_and_start_returns_once_the_lock_is_
     record = runner.services.history.get_training(run_id)
     assert record is not None and record["status"] == "success" and record["actor"] == "api"
 
+
+
+def test_a_run_after_a_shift_on_record_holds_out_half_of_the_rows_since(
+        small_db: str, tmp_path: Path) -> None:
+    """A shift a check found (`shift_since` in the monitor's state) moves every later fit's
+    holdout, a daily run's too, unless its caller chose the options (a retrain)."""
+    settings = settings_for(tmp_path, small_db)
+    runner = Runner(Services.from_settings(settings))
+    name = "scenario_analysis"
+    spec = specs.get_spec(name)
+    table = loading.load_table(loading.open_readonly(small_db), spec.table)
+    times = trainer.labelled_frame(spec, table)[0][schema.time_column(spec.table)]
+    shift = times.iloc[len(times) - 3 * fresh.fresh_minimum(spec)].to_pydatetime()
+    with monitor_file(settings.LOGS_DIR).update() as state:
+        state.root[name] = ModelMonitorState(shift_since=shift.replace(tzinfo=UTC))
+    runner.run(models=[name], trigger="daily", actor="scheduler")
+    meta = runner.services.store.metadata(name, "v0001")
+    expected = fresh.shift_holdout_start(spec, times, shift)
+    assert expected is not None and meta["holdout_start"] == expected
+    held = int((times >= pd.Timestamp(expected)).sum())
+    # half of the rows since, and the rows that share the first one's time (a shift's)
+    assert 3 * fresh.fresh_minimum(spec) // 2 <= held < 3 * fresh.fresh_minimum(spec) // 2 + 10
+    chosen = trainer.TrainOptions("full")  # a caller's own options are followed as given
+    runner.run(models=[name], trigger="retrain", actor="scheduler", options={name: chosen})
+    default = trainer.time_split(trainer.labelled_frame(spec, table)[0],
+                                 schema.time_column(spec.table))[1]
+    assert runner.services.store.metadata(name, "v0002")["holdout_start"] == \
+        default[schema.time_column(spec.table)].min().isoformat()

@@ -52,7 +52,7 @@ import secrets
 import threading
 from collections.abc import Mapping
 from dataclasses import replace
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -238,8 +238,17 @@ class Monitor:
         else:
             verdict = Verdict.HEALTHY
         # A retrain holds out the newest fresh rows; after a shift, half of those since it
-        shifted = rows_since_shift(spec, y, values) if verdict is Verdict.DEGRADED else None
+        shifted = None
+        if verdict is Verdict.DEGRADED:
+            shifted = rows_since_shift(spec, y, values)
+            if shifted is None and len(window) == len(fresh):
+                # Surely under on every row since its training, with no step among them: the
+                # world shifted before the first (a version held by the gate since, say)
+                shifted = len(window)
         self._holdout[name] = (retrain_holdout_start(spec, fresh[tcol], shifted), shifted)
+        if shifted is not None:  # every later fit learns from the rows since (state.py)
+            model_state.shift_since = window[tcol].iloc[len(window) - shifted].to_pydatetime(
+                ).replace(tzinfo=UTC)
         model_state.verdict, model_state.version = verdict.standing, version
         if verdict is Verdict.HEALTHY:
             model_state.cooldown = None

@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from scipy.stats import rankdata
 
 from backend.ml.data import loading, schema
-from backend.ml.data.labels import LABELLED_AT, LabelState
+from backend.ml.data.labels import LABELLED_AT, LabelState, as_naive_utc
 from backend.ml.fleet import specs
 from backend.ml.fleet.scoring import get_metric
 from backend.ml.training import trainer
@@ -58,6 +58,21 @@ def retrain_holdout_start(spec: specs.ModelSpec, fresh_times: pd.Series,
     if shifted_rows is not None:
         held = min(held, max(fresh_minimum(spec), shifted_rows // 2))
     return str(fresh_times.iloc[len(fresh_times) - max(held, 1)].isoformat())
+
+
+def shift_holdout_start(spec: specs.ModelSpec, times: pd.Series,
+                        shift_since: datetime) -> str | None:
+    """Where a fit's holdout begins among its labelled rows' times (in time order) when the
+    model's world shifted at `shift_since`: the newest half of the rows since, at least a
+    fresh minimum; None once the default holdout (the newest HOLDOUT_FRACTION) is smaller,
+    as it is when the shift is old. The daily run's default holdout of two years is about
+    five months: a shift younger than that lay wholly in it, so for months every nightly
+    candidate was fitted without a row of the new world and held by the gate."""
+    since = int((times >= as_naive_utc(shift_since)).sum())
+    held = max(fresh_minimum(spec), since // 2)
+    if held >= int(len(times) * trainer.HOLDOUT_FRACTION) or held >= len(times):
+        return None
+    return str(times.iloc[len(times) - held].isoformat())
 
 
 def shift_signals(spec: specs.ModelSpec, y: np.ndarray,

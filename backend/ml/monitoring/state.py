@@ -2,14 +2,15 @@
 
     {name: {"verdict", "version", "since", "cooldown": {"newest_data", "until"},
             "ab": {"version", "wins"}, "trend": {"version", "scores"},
-            "estimate": {...}, "awaiting_labels": [{...}]}}
+            "estimate": {...}, "awaiting_labels": [{...}], "shift_since"}}
 
 `verdict` is the monitor's standing verdict on `version` (hysteresis needs the previous
 one, and a degraded model that is healthy again is announced as `recovered`), `since` the
 check that first reached it; `cooldown` is set when retraining is exhausted, until new data
 or the next daily run. `estimate` is the newest check's estimate of the score on rows whose
 labels are pending, `awaiting_labels` the estimates whose realized score is not known yet
-(`estimated.py`). The file is a `StateFile`: each model's entry is replaced under the
+(`estimated.py`), `shift_since` where the newest shift of the model's world began, as a
+check found it. The file is a `StateFile`: each model's entry is replaced under the
 lock when that model's part of a check is done, so a check never holds the lock for its
 whole length and never overwrites what another process wrote about another model
 meanwhile. A damaged file is rebuilt empty: the next check finds every verdict again.
@@ -75,6 +76,10 @@ class ModelMonitorState(BaseModel):
     # and the estimates still waiting for their labels, oldest first.
     estimate: EstimateState | None = None
     awaiting_labels: list[EstimateState] = Field(default_factory=list)
+    # The time of the first row after the newest sure step in the live errors a check
+    # found (`fresh.rows_since_shift`): every fit holds out only the newest half of the
+    # rows since, until the default holdout is the smaller (`fresh.shift_holdout_start`)
+    shift_since: datetime | None = None
 
     def cooling_until(self, now: datetime) -> datetime | None:
         """The end of a cooldown still running at `now`, else None."""
