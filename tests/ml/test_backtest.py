@@ -26,10 +26,16 @@ import pytest
 from fastapi.testclient import TestClient
 
 from backend.ml.backtest import report
-from backend.ml.backtest.command import DayPrinter, add_parser, options_from
+from backend.ml.backtest.command import (
+    DEFAULT_POLICIES,
+    DayPrinter,
+    add_parser,
+    options_from,
+)
 from backend.ml.backtest.policies import (
+    DAILY_RUNS,
     ESTIMATED_VERDICTS,
-    POLICY_NAMES,
+    RETRAINING,
     Policy,
     policy_settings,
 )
@@ -47,7 +53,9 @@ PREFIX = 12  # calm days replayed again in turn
 SVG = "{http://www.w3.org/2000/svg}"
 
 
-OPTIONS = Options(days=DAYS, policies=tuple(Policy), scenario="fuel_price_shock", at=SHIFT,
+# The four the command runs by default (nightly_on_degrade is asked for by name)
+RUN = (Policy.NIGHTLY, Policy.ON_DEGRADE, Policy.ON_ESTIMATE, Policy.NEVER)
+OPTIONS = Options(days=DAYS, policies=RUN, scenario="fuel_price_shock", at=SHIFT,
                   models=(MODEL,), world=WorldSpec(history_days=240))
 # As the service on two cores: a one-model run fits in this process with one thread
 # (TRAINING_N_JOBS=1 would give it two, and a busy machine made a 3 s fit take 56 s).
@@ -119,7 +127,7 @@ def test_on_degrade_beats_never_with_fewer_retrains_than_nightly(
 
 
 def test_every_day_is_checked_at_its_simulated_morning(document: dict[str, Any]) -> None:
-    for policy in POLICY_NAMES:
+    for policy in RUN:
         days = days_of(document, policy)
         assert [d["date"] for d in days] == [(DAY0 + timedelta(days=i)).isoformat()
                                              for i in range(DAYS)]
@@ -139,7 +147,7 @@ def test_on_estimate_is_the_check_retraining_on_estimated_drops_too(
 
 
 def test_days_with_only_an_estimate_are_counted_per_policy(document: dict[str, Any]) -> None:
-    for policy in POLICY_NAMES:
+    for policy in RUN:
         days = days_of(document, policy)
         for day in days:
             assert day["estimated_only"] == [
@@ -162,6 +170,20 @@ def test_policies_side_by_side_replay_the_same_days_as_in_turn(
     assert all(d["fits"] == 1 for d in side)
     for key in ("scores", "verdicts", "fits", "estimates"):
         assert [d[key] for d in alone] == [d[key] for d in side], key
+
+
+def test_nightly_on_degrade_trains_every_night_as_the_service_does(
+        document: dict[str, Any], state: Path, tmp_path: Path) -> None:
+    """The service's own default, both at once: a daily run a night (calm days: the same
+    fits, scores and estimates as nightly's) and the check's retrains (on_degrade's)."""
+    assert Policy.NIGHTLY_ON_DEGRADE in RETRAINING and Policy.NIGHTLY_ON_DEGRADE in DAILY_RUNS
+    assert "nightly_on_degrade" not in DEFAULT_POLICIES  # the issue's four by default
+    shutil.copytree(state / "day0", tmp_path / "day0")
+    prefix = dataclasses.replace(OPTIONS, days=4, scenario=None, at=None)
+    both = replay_in_copy(Policy.NIGHTLY_ON_DEGRADE, tmp_path, SETTINGS, prefix, None)["days"]
+    nightly = days_of(document, "nightly")[:4]
+    for key in ("scores", "verdicts", "fits", "estimates"):
+        assert [d[key] for d in both] == [d[key] for d in nightly], key
 
 
 def test_progress_shows_each_policy_and_the_time_left() -> None:
@@ -192,12 +214,12 @@ def test_json_and_svg_are_written_valid_and_served(document: dict[str, Any], sma
         assert json.loads(json_path.read_text())["days"] == DAYS
         root = ET.fromstring(svg_path.read_text())
         lines = [*root.iter(f"{SVG}polyline"), *root.iter(f"{SVG}circle")]  # a lone day: a dot
-        scored = {p for p in POLICY_NAMES
+        scored = {p for p in RUN
                   if any(v is not None for d in days_of(document, p) for v in d["scores"].values())}
         assert {"on_degrade", "never"} <= scored
         assert {p.get("data-policy") for p in lines if p.get("class") == "policy"} == scored
         # a policy with days of estimates only is drawn dashed, never as a live score
-        estimated = {p for p in POLICY_NAMES if document["policies"][p]["summary"][
+        estimated = {p for p in RUN if document["policies"][p]["summary"][
             "mean_estimated_score"] is not None}
         assert {p.get("data-policy") for p in lines if p.get("class") == "estimate"} <= estimated
         assert len([n for n in root.iter(f"{SVG}line") if n.get("class") == "scenario"]) == 1
@@ -207,7 +229,7 @@ def test_json_and_svg_are_written_valid_and_served(document: dict[str, Any], sma
         assert latest.json()["data"]["policies"]["on_degrade"]["summary"] == \
             document["policies"]["on_degrade"]["summary"]
         index = client.get("/ml/backtest").json()["data"]["latest"]
-        assert [r["policy"] for r in index["rows"]] == [p.value for p in Policy]
+        assert [r["policy"] for r in index["rows"]] == [p.value for p in RUN]
         assert "policies" not in index  # the days stay in the document
         chart = client.get("/ml/backtest/latest.svg")
         assert chart.status_code == 200

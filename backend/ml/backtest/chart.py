@@ -16,7 +16,7 @@ from xml.sax.saxutils import escape
 WIDTH, HEIGHT = 680, 300
 LEFT, RIGHT, TOP, BOTTOM = 52, 190, 20, 36
 COLOURS = {"nightly": "#1f77b4", "on_degrade": "#2ca02c", "on_estimate": "#9467bd",
-           "never": "#d62728"}
+           "never": "#d62728", "nightly_on_degrade": "#ff7f0e"}
 
 
 def daily_means(days: Sequence[Mapping[str, Any]],

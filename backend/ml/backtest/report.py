@@ -65,17 +65,19 @@ def summary_rows(document: Mapping[str, Any]) -> list[dict[str, Any]]:
 def table(document: Mapping[str, Any]) -> str:
     """The summary as text, for the CLI. "days below" and "estimated" count model-days:
     scored under the threshold, and with only an estimate (too few labelled fresh rows)."""
-    lines = [f"{'policy':<12} {'mean live':>9} {'days below':>10} {'estimated':>9} "
+    rows = summary_rows(document)
+    width = max([len("policy"), *(len(str(r["policy"])) for r in rows)])  # names align
+    lines = [f"{'policy':<{width}} {'mean live':>9} {'days below':>10} {'estimated':>9} "
              f"{'retrains':>8} {'CPU s':>8}  alerts"]
-    for row in summary_rows(document):
+    for row in rows:
         if not row["available"]:
-            lines.append(f"{row['policy']:<12} {row['reason']}")
+            lines.append(f"{row['policy']:<{width}} {row['reason']}")
             continue
         mean = "-" if row["mean_live_score"] is None else f"{row['mean_live_score']:.4f}"
         alerts = ", ".join(f"{k} {v}" for k, v in row["alerts"].items()) or "none"
         # model-days with only an estimate (documents written before it count none)
         estimated = row.get("estimated_only_days", 0)
-        lines.append(f"{row['policy']:<12} {mean:>9} {row['days_below_threshold']:>10} "
+        lines.append(f"{row['policy']:<{width}} {mean:>9} {row['days_below_threshold']:>10} "
                      f"{estimated:>9} {row['retrains']:>8} {row['cpu_seconds']:>8.1f}  "
                      f"{alerts}")
     return "\n".join(lines)
