@@ -1,9 +1,10 @@
 """A small world whose newest shipments' labels are pending, for the estimate tests.
 
 Three shipment models are trained (a classifier, a regressor, the anomaly detector), a few
-days are simulated, and the outcomes of every shipment newer than the versions' windows
-are withheld by a direct UPDATE (target and `labelled_at` NULL: what a pending label looks
-like); `restore_labels` writes them back as they were.
+days are simulated, and the outcomes of every shipment the versions never learnt from
+(newer than their windows, or labelled after their training read the labels) are withheld
+by a direct UPDATE (target and `labelled_at` NULL: what a pending label looks like);
+`restore_labels` writes them back as they were.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from backend.ml.config import Settings
 from backend.ml.data import loading, schema, synthetic
 from backend.ml.data.labels import LABELLED_AT
 from backend.ml.fleet import specs
+from backend.ml.monitoring.fresh import learnt_labels_until
 from backend.ml.runs.runner import Runner
 from backend.ml.runs.services import Services
 from tests.conftest import make_database
@@ -34,6 +36,8 @@ class PendingWorld:
     root: Path
     url: str
     cut: pd.Timestamp  # the oldest training window's end: newer shipments are fresh
+    # the oldest newest-label a training read: shipments labelled after it are fresh too
+    learnt: pd.Timestamp = pd.Timestamp.max
 
     def settings(self, **extra: Any) -> Settings:
         values: dict[str, Any] = {"DATABASE_URL": self.url, "MODELS_DIR": self.root / "models",
@@ -60,6 +64,8 @@ def build(root: Path, *, days: int = 200, fresh_days: int = 6) -> PendingWorld:
     synthetic.simulate(loading.writable_engine(url), days=fresh_days)
     store = world.runner().services.store
     world.cut = min(pd.Timestamp(store.production_meta(n)["data_end"]) for n in MODELS)
+    world.learnt = min(pd.Timestamp(str(learnt_labels_until(store.production_meta(n))))
+                       for n in MODELS)
     return world
 
 
@@ -69,12 +75,12 @@ def withhold_labels(world: PendingWorld) -> list[dict[str, Any]]:
     tcol = table.c[schema.time_column(TABLE)]
     columns = outcome_columns()
     engine = loading.writable_engine(world.url)
+    fresh = sa.or_(tcol > world.cut.to_pydatetime(),
+                   table.c[LABELLED_AT] > world.learnt.to_pydatetime())
     with engine.begin() as conn:
         saved = [dict(r._mapping) for r in conn.execute(
-            sa.select(table.c.id, *(table.c[c] for c in columns))
-            .where(tcol > world.cut.to_pydatetime()))]
-        conn.execute(table.update().where(tcol > world.cut.to_pydatetime())
-                     .values(dict.fromkeys(columns)))
+            sa.select(table.c.id, *(table.c[c] for c in columns)).where(fresh))]
+        conn.execute(table.update().where(fresh).values(dict.fromkeys(columns)))
     assert saved, "no fresh shipments to withhold"
     return saved
 

@@ -182,12 +182,17 @@ def test_a_run_and_a_check_read_no_label_known_after_their_time(
     assert {load[0] for load in loads} == {"shipments", "daily_demand"}
     for load in loads:
         assert_no_label_after(load, db_copy, CHECKED_AT)
-    # the check scored fuel_consumption on exactly the shipments settled by its time
-    data_end = runner.services.store.metadata("fuel_consumption", "v0001")["data_end"]
+    # the check scored fuel_consumption on exactly the shipments settled by its time that
+    # the version never learnt: newer than its window, or labelled after its training
+    meta = runner.services.store.metadata("fuel_consumption", "v0001")
+    data_end, learnt = meta["data_end"], meta["training_data"]["labels_as_of"]
     stored = REAL_LOAD(loading.open_readonly(db_copy), "shipments",
                        columns=["dispatched_at", "fuel_litres"])
-    settled = stored[(stored["dispatched_at"] > pd.Timestamp(data_end))
+    unlearnt = (stored["dispatched_at"] > pd.Timestamp(data_end)) | (
+        stored[LABELLED_AT] > pd.Timestamp(learnt))
+    settled = stored[unlearnt
                      & (stored[LABELLED_AT] <= pd.Timestamp(CHECKED_AT).tz_localize(None))]
+    assert (settled["dispatched_at"] <= pd.Timestamp(data_end)).any()  # labelled late
     later = stored[stored["dispatched_at"] > pd.Timestamp(data_end)]
     assert 0 < len(settled) < later["fuel_litres"].notna().sum()
     assert entry["models"]["fuel_consumption"]["samples"] == len(settled)

@@ -27,10 +27,8 @@ policy's world its settings, `run_day` calls the runner and the check as the sch
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, time, timedelta
 from enum import StrEnum
 from typing import Any
-from zoneinfo import ZoneInfo
 
 from backend.ml.backtest.world import World
 from backend.ml.config import Settings
@@ -81,31 +79,23 @@ class DayOutcome:
     runs: list[str] = field(default_factory=list)
 
 
-def daily_run_time(world: World) -> datetime:
-    """The service's daily instant on the simulated morning (before that day's check)."""
-    settings = world.settings
-    hour, minute = (int(p) for p in settings.DAILY_TRAINING_TIME.split(":"))
-    tz = ZoneInfo(settings.TRAINING_TIMEZONE)
-    morning = world.clock.now().astimezone(tz).date()
-    at = datetime.combine(morning, time(hour, minute), tzinfo=tz).astimezone(UTC)
-    return at if at <= world.clock.now() else at - timedelta(days=1)
-
-
 def run_day(policy: Policy, world: World, models: list[str] | None) -> DayOutcome:
     """One simulated day of `policy` in `world`, whose rows for the day are in and whose
-    clock is at the check hour."""
+    clock is at the check hour: the check, then (for the policies that train every night)
+    the daily run. In that order, each night's version serves a whole day before the next
+    check scores it, on the labels that came in since its training: what the service's last
+    hourly check before its next daily run sees. Run before the check (as DAILY_TRAINING_TIME
+    is), the version would be checked hours old, with a few labels since and only an
+    estimate every day."""
     fits, runs = 0, []
-    if policy in DAILY_RUNS:
-        check_at = world.clock.now()
-        world.clock.at = daily_run_time(world)
-        summary = world.runner.run(trigger="daily", models=models, actor="scheduler")
-        fits += int(summary["models_trained"]) - len(summary.get("unchanged", []))
-        runs.append(str(summary["run_id"]))
-        world.clock.at = max(check_at, world.clock.at)
     entry = world.monitor(retrain=policy in RETRAINING).run_check()
     for result in entry["models"].values():
         retrain = result.get("retrain") or {}
         attempts = retrain.get("attempts") or []
         fits += len(attempts)
         runs += [str(a["run_id"]) for a in attempts if a.get("run_id")]
+    if policy in DAILY_RUNS:
+        summary = world.runner.run(trigger="daily", models=models, actor="scheduler")
+        fits += int(summary["models_trained"]) - len(summary.get("unchanged", []))
+        runs.append(str(summary["run_id"]))
     return DayOutcome(entry, fits, runs)

@@ -1,13 +1,13 @@
 """The periodic check: live accuracy on fresh labelled rows, drift, retraining, A/B.
 
-Each production model is scored on labelled rows newer than its training window (the
-end of its holdout; `fresh.py`): the newest LIVE_WINDOW_MINIMUMS fresh minimums of them, so
-a shift shows within days however old the version is. Fewer than `fresh_minimum(spec)`
-rows (or, for a metric that ranks events, fewer than MIN_EVENTS of each class) is
-"insufficient_fresh_data", not a verdict. Drift, on the same rows, is the PSI of each
-feature against the training reference stored with the version, and the share of fresh
-values outside the range of its training rows. One check entry per
-run goes into the history.
+Each production model is scored on labelled rows it never learnt from (newer than its
+training window, or labelled after its training read the labels; `fresh.py`): the newest
+LIVE_WINDOW_MINIMUMS fresh minimums of them, so a shift shows within days however old the
+version is. Fewer than `fresh_minimum(spec)` rows (or, for a metric that ranks events,
+fewer than MIN_EVENTS of each class) is "insufficient_fresh_data", not a verdict. Drift,
+on the same rows, is the PSI of each feature against the training reference stored with
+the version, and the share of fresh values outside the range of its training rows. One
+check entry per run goes into the history.
 
 Verdicts, with hysteresis so a model hovering at its threshold does not flap:
   healthy   at or above threshold (+ margin once it had been degraded)
@@ -70,6 +70,7 @@ from backend.ml.monitoring.fresh import (
     fresh_minimum,
     fresh_rows,
     fresh_tables,
+    learnt_labels_until,
     live_window,
     pending_rows,
     retrain_holdout_start,
@@ -150,7 +151,9 @@ class Monitor:
         now = self.clock.now()
         tables = fresh_tables(self.settings.DATABASE_URL,
                               {n: s[1]["data_end"] for n, s in served.items() if s is not None},
-                              labels_as_of=now)
+                              labels_as_of=now,
+                              learnt_until={n: learnt_labels_until(s[1])
+                                            for n, s in served.items() if s is not None})
         check_id = f"check-{now:%Y%m%dT%H%M%SZ}-{secrets.token_hex(2)}"
         self._stamp = (check_id, now)  # what an estimate made by this check is filed under
         timestamp = now.isoformat()
@@ -194,7 +197,8 @@ class Monitor:
         spec = specs.get_spec(name)
         threshold = self.settings.threshold_for(spec)
         tcol = schema.time_column(spec.table)
-        fresh = fresh_rows(spec, tables[spec.table], meta["data_end"])
+        learnt = learnt_labels_until(meta)
+        fresh = fresh_rows(spec, tables[spec.table], meta["data_end"], learnt)
         version = str(meta["version"])
         realized = realize(spec, estimator, fresh, version, model_state) or None
         if len(fresh) < fresh_minimum(spec):
@@ -204,7 +208,8 @@ class Monitor:
                                   meta.get("score"), len(fresh), needed=fresh_minimum(spec),
                                   realized=realized)
             estimate_pending(spec, estimator, meta,
-                             pending_rows(spec, tables[spec.table], meta["data_end"]), result,
+                             pending_rows(spec, tables[spec.table], meta["data_end"], learnt),
+                             result,
                              model_state, check_id=self._stamp[0], at=self._stamp[1],
                              alerts=self.services.alerts)
             return result

@@ -1,8 +1,9 @@
 """Which rows are fresh for a version, whether there are enough for a verdict, and where a
 retrain's holdout begins among them: what the check (`check.py`) reads before it scores.
 
-Fresh rows are a table's labelled, prepared rows newer than the version's training window
-(the end of its holdout). A verdict needs `fresh_minimum(spec)` of them, and a metric that
+Fresh rows are a table's labelled, prepared rows the version never learnt from: newer than
+its training window (the end of its holdout), or labelled after its training read the
+labels (`learnt_labels_until`). A verdict needs `fresh_minimum(spec)` of them, and a metric that
 ranks events MIN_EVENTS of each class besides.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import datetime
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -21,6 +23,9 @@ from backend.ml.data.labels import LABELLED_AT, LabelState, as_naive_utc
 from backend.ml.fleet import specs
 from backend.ml.fleet.scoring import get_metric
 from backend.ml.training import trainer
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
 
 # A ROC AUC ranks the labelled events (incidents) against the rest: on the first fresh
 # day's handful of incidents it is noise (0.58 on a calm day, holdout 0.75), and a
@@ -121,25 +126,57 @@ def rows_since_shift(spec: specs.ModelSpec, y: np.ndarray, values: np.ndarray) -
     return rows if p_value < SHIFT_P else None
 
 
+def learnt_labels_until(meta: Mapping[str, Any]) -> str | None:
+    """The newest label a version's training read (its `training_data.labels_as_of`): a
+    row labelled after it was never learnt, wherever its time lies. None for versions that
+    did not record it."""
+    recorded = meta.get("training_data")
+    value = recorded.get("labels_as_of") if isinstance(recorded, Mapping) else None
+    return None if value is None else str(value)
+
+
 def fresh_tables(database_url: str, data_ends: Mapping[str, str], *,
-                 labels_as_of: datetime | None = None) -> dict[str, pd.DataFrame]:
+                 labels_as_of: datetime | None = None,
+                 learnt_until: Mapping[str, str | None] | None = None
+                 ) -> dict[str, pd.DataFrame]:
     """The tables of these models (name: end of its version's training window), each from
-    the oldest window end among its models onward, with the columns they read and only the
-    labels known at `labels_as_of` (the check's time; None: every label on file)."""
+    the oldest window end among its models onward (and back to the oldest row labelled
+    after a model's `learnt_until`, or not labelled yet), with the columns they read and
+    only the labels known at `labels_as_of` (the check's time; None: every label on file)."""
     starts: dict[str, datetime] = {}
     lookback: dict[str, int] = {}
+    cutoffs: dict[str, str] = {}
     columns = trainer.columns_by_table(specs.get_spec(name) for name in data_ends)
     for name, data_end in data_ends.items():
         spec = specs.get_spec(name)
         end = pd.Timestamp(data_end).to_pydatetime()
         starts[spec.table] = min(starts.get(spec.table, end), end)
         lookback[spec.table] = max(lookback.get(spec.table, 0), spec.lookback_days)
+        if (cutoff := (learnt_until or {}).get(name)) is not None:
+            cutoffs[spec.table] = min(cutoffs.get(spec.table, cutoff), cutoff)
+    engine = loading.open_readonly(database_url)
+    for table, cutoff in cutoffs.items():
+        if (oldest := _oldest_unlearnt(engine, table, cutoff)) is not None:
+            starts[table] = min(starts[table], oldest)
     # Lag features need the rows before the window: as far back as the longest lag a spec
     # of the table declares, and a day more.
-    engine = loading.open_readonly(database_url)
     return {t: loading.load_table(engine, t, window=loading.Window(
         start=start - pd.Timedelta(days=lookback[t] + 1)), columns=columns[t],
         labels_as_of=labels_as_of) for t, start in starts.items()}
+
+
+def _oldest_unlearnt(engine: Engine, table: str, cutoff: str) -> datetime | None:
+    """The time of the oldest row of `table` labelled after `cutoff` or not labelled yet;
+    None when the table keeps no label times (or every row was labelled by then)."""
+    if not loading.has_label_times(engine, table):
+        return None
+    source = schema.get_table(table)
+    labelled = source.c[LABELLED_AT]
+    query = sa.select(sa.func.min(source.c[schema.time_column(table)])).where(sa.or_(
+        labelled.is_(None), labelled > as_naive_utc(cutoff).to_pydatetime()))
+    with engine.connect() as conn:
+        value = conn.execute(query).scalar()
+    return None if value is None else pd.Timestamp(value).to_pydatetime()
 
 
 def seen_ranges(database_url: str, table: str, before: str) -> dict[str, tuple[float, float]]:
@@ -156,20 +193,30 @@ def seen_ranges(database_url: str, table: str, before: str) -> dict[str, tuple[f
             if row[2 * i] is not None}
 
 
-def fresh_rows(spec: specs.ModelSpec, table: pd.DataFrame, data_end: str) -> pd.DataFrame:
-    """A table's labelled, prepared rows newer than a version's training window: what a
-    check scores the version on."""
-    labelled, _ = trainer.labelled_frame(spec, table)
-    return labelled[labelled[schema.time_column(spec.table)] > pd.Timestamp(data_end)]
+def fresh_rows(spec: specs.ModelSpec, table: pd.DataFrame, data_end: str,
+               learnt_until: str | None = None) -> pd.DataFrame:
+    """A table's labelled, prepared rows a version never learnt from, in time order: what a
+    check scores it on. Those newer than its training window, and with `learnt_until`
+    (`learnt_labels_until`) those whose label came after its training read the labels: a
+    version trained every night is newer than every label, so the rows its own window held
+    unlabelled, labelled since, are the only ones it can be scored on."""
+    labelled, _ = trainer.labelled_frame(spec, table, keep=(LABELLED_AT,))
+    unseen = labelled[schema.time_column(spec.table)] > pd.Timestamp(data_end)
+    if learnt_until is not None and LABELLED_AT in labelled.columns:
+        unseen |= labelled[LABELLED_AT] > as_naive_utc(learnt_until)
+    return labelled[unseen].drop(columns=[LABELLED_AT], errors="ignore")
 
 
-def pending_rows(spec: specs.ModelSpec, table: pd.DataFrame, data_end: str) -> pd.DataFrame:
+def pending_rows(spec: specs.ModelSpec, table: pd.DataFrame, data_end: str,
+                 learnt_until: str | None = None) -> pd.DataFrame:
     """A table's prepared rows newer than a version's training window whose label is not
-    known yet: what a check estimates the version's score on when too few fresh rows are
-    labelled. With label times (`labelled_at`, NULL when loaded as of a time before the
-    label came), a missing label (known to be absent) is not pending; a table without them
-    (a spec's own ingested table, a database of an earlier release) cannot tell the two
-    apart, so there every row with no target counts as pending."""
+    known yet (with `learnt_until`, as in `fresh_rows`, at any time: a label not known now
+    was not known to its training either): what a check estimates the version's score on
+    when too few fresh rows are labelled. With label times (`labelled_at`, NULL when loaded
+    as of a time before the label came), a missing label (known to be absent) is not
+    pending; a table without them (a spec's own ingested table, a database of an earlier
+    release) cannot tell the two apart, so there every row with no target counts as
+    pending."""
     columns = trainer.input_columns(spec)
     if LABELLED_AT in table.columns and LABELLED_AT not in columns:
         columns = [*columns, LABELLED_AT]
@@ -179,8 +226,9 @@ def pending_rows(spec: specs.ModelSpec, table: pd.DataFrame, data_end: str) -> p
     else:
         waiting = frame[spec.target].isna()
     tcol = schema.time_column(spec.table)
-    pending = frame[waiting & (frame[tcol] > pd.Timestamp(data_end))]
-    return pending.sort_values(tcol, kind="stable")
+    if learnt_until is None or LABELLED_AT not in frame.columns:
+        waiting &= frame[tcol] > pd.Timestamp(data_end)
+    return frame[waiting].sort_values(tcol, kind="stable")
 
 
 def live_window(spec: specs.ModelSpec, fresh: pd.DataFrame) -> pd.DataFrame:

@@ -153,12 +153,15 @@ def input_columns(spec: ModelSpec) -> list[str]:
     return [c for c in dict.fromkeys(wanted) if c in table.columns]
 
 
-def labelled_frame(spec: ModelSpec, table: pd.DataFrame) -> tuple[pd.DataFrame, int]:
-    """Prepared rows with a known target, in time order, and how many had none."""
+def labelled_frame(spec: ModelSpec, table: pd.DataFrame, *,
+                   keep: Sequence[str] = ()) -> tuple[pd.DataFrame, int]:
+    """Prepared rows with a known target, in time order, and how many had none; `keep`:
+    columns of the table to carry along when it has them (the check's `labelled_at`)."""
     columns = input_columns(spec)
     missing = [c for c in columns if c not in table.columns]
     if missing:
         raise TrainingError(f"table {spec.table!r} lacks column(s) {', '.join(missing)}")
+    columns += [c for c in keep if c in table.columns and c not in columns]
     frame = spec.frame(table[columns])
     absent = [c for c in (*spec.features, spec.target) if c not in frame.columns]
     if absent:
