@@ -5,7 +5,7 @@ check's live score on fresh labelled rows). They differ in what trains:
 
   nightly      the service's daily training run every day (trigger "daily"), and the check
                without its retrains
-  on_degrade   the check with its retrains of degraded models: the service's default
+  on_degrade   the check with its retrains of degraded models
   on_estimate  on_degrade, and the check also retrains on an estimated drop (a model with
                too few labelled fresh rows whose estimate's whole interval is under its
                threshold): the service with ESTIMATE_ACTION=retrain
@@ -15,10 +15,11 @@ check's live score on fresh labelled rows). They differ in what trains:
                what the service itself does by default (asked for by name; not among the
                command's default four)
 
-With labels that arrive days late (LABEL_SETTLEMENT_DAYS), nightly's versions are never
-scored on labels: each night's version was trained on every row whose label was known, so
-its fresh labelled rows are always too few. The check estimates them instead, and the
-backtest reports those model-days as "estimated only", never as live scores.
+With labels that arrive days late (LABEL_SETTLEMENT_DAYS), each night's version was
+trained on every row whose label was known: it is scored on the rows labelled since its
+training (its own window's last days, still pending then), so the check comes after a day
+of serving (`run_day`). A day whose check has too few of them only estimates; the backtest
+reports those model-days as "estimated only", never as live scores.
 
 A policy is a setting of the service, not code of its own: `policy_settings` gives each
 policy's world its settings, `run_day` calls the runner and the check as the scheduler does.
