@@ -14,8 +14,9 @@ from backend.ml.config import Settings
 from backend.ml.data import loading, synthetic
 from backend.ml.fleet import specs
 from backend.ml.history.stats import score_trend
-from backend.ml.monitoring import check, fresh
+from backend.ml.monitoring import check, fresh, shift
 from backend.ml.monitoring.check import Monitor
+from backend.ml.monitoring.early_warnings import early_warnings
 from backend.ml.monitoring.state import ModelMonitorState
 from backend.ml.monitoring.verdict import CheckVerdict, Verdict
 from backend.ml.runs.runner import Runner
@@ -168,10 +169,10 @@ def test_a_steady_slide_in_live_score_is_a_performance_degradation_warning(
     monitor = Monitor(Runner(Services.from_settings(settings)))
     state = ModelMonitorState()
     for live in (0.90, 0.89, 0.91, 0.90, 0.905):  # noise, no trend
-        monitor.early_warnings("delay_prediction", CheckVerdict(
+        early_warnings(monitor.services.alerts, "delay_prediction", CheckVerdict(
             Verdict.HEALTHY, "v0001", 0.7, live_score=live), state)
     for live in (0.88, 0.86, 0.84, 0.82):  # a slide, still above the threshold
-        monitor.early_warnings("delay_prediction", CheckVerdict(
+        early_warnings(monitor.services.alerts, "delay_prediction", CheckVerdict(
             Verdict.HEALTHY, "v0001", 0.7, live_score=live), state)
     alerts = monitor.services.history.alerts()
     assert [(a["kind"], a["model"]) for a in alerts] == [
@@ -206,10 +207,10 @@ def test_drift_is_alerted_only_for_inputs_gone_somewhere_new_and_a_score_that_fe
                                       live_interval=None),  # new inputs, no harm
                   dataclasses.replace(fell, drift=novel, live_interval=(0.6, 0.80),
                                       samples=150)):  # too few rows to tell
-        monitor.early_warnings("delay_prediction", quiet, ModelMonitorState())
+        early_warnings(monitor.services.alerts, "delay_prediction", quiet, ModelMonitorState())
     assert monitor.services.history.alerts() == []
-    monitor.early_warnings("delay_prediction", dataclasses.replace(fell, drift=novel),
-                           ModelMonitorState())
+    early_warnings(monitor.services.alerts, "delay_prediction",
+                   dataclasses.replace(fell, drift=novel), ModelMonitorState())
     alerts = monitor.services.history.alerts()
     assert [(a["kind"], a["score"], a["live_score"], a["live_interval"]) for a in alerts] == [
         ("drift_detected", 0.81, 0.69, [0.68, 0.70])], alerts
@@ -252,7 +253,7 @@ def test_after_a_shift_every_fit_holds_out_half_of_the_rows_since_until_it_is_ol
     times = pd.Series(pd.date_range("2026-01-01", periods=10_000, freq="h"))
 
     def held(shift_at: int) -> int | None:
-        start = fresh.shift_holdout_start(spec, times, times.iloc[shift_at].to_pydatetime()
+        start = shift.shift_holdout_start(spec, times, times.iloc[shift_at].to_pydatetime()
                                           .replace(tzinfo=UTC))
         return None if start is None else int((times >= pd.Timestamp(start)).sum())
 
@@ -268,21 +269,21 @@ def test_a_step_in_the_live_errors_is_found_where_it_is_and_calm_noise_is_not(
     cost = specs.get_spec("cost_prediction")  # r2: residuals and absolute errors
     y = rng.normal(1000, 100, 1000)
     calm = y + rng.standard_t(3, 1000) * 30  # heavy-tailed, but nothing moved
-    assert fresh.rows_since_shift(cost, y, calm) is None
+    assert shift.rows_since_shift(cost, y, calm) is None
     biased = calm.copy()
     biased[700:] -= 40  # costs rose past the predictions from row 700
-    assert abs(fresh.rows_since_shift(cost, y, biased) - 300) <= 30
+    assert abs(shift.rows_since_shift(cost, y, biased) - 300) <= 30
     wider = calm.copy()
     wider[600:] = y[600:] + rng.normal(0, 120, 400)  # no bias, a wider spread
-    assert abs(fresh.rows_since_shift(cost, y, wider) - 400) <= 40
+    assert abs(shift.rows_since_shift(cost, y, wider) - 400) <= 40
     quality = specs.get_spec("quality_prediction")  # balanced accuracy: misses
     labels = rng.integers(0, 3, 1000)
     guessed = np.where(rng.random(1000) < 0.1, (labels + 1) % 3, labels)
-    assert fresh.rows_since_shift(quality, labels, guessed) is None
+    assert shift.rows_since_shift(quality, labels, guessed) is None
     guessed[800:] = np.where(rng.random(200) < 0.4, (labels[800:] + 1) % 3, labels[800:])
-    assert abs(fresh.rows_since_shift(quality, labels, guessed) - 200) <= 30
+    assert abs(shift.rows_since_shift(quality, labels, guessed) - 200) <= 30
     anomaly = specs.get_spec("anomaly_detection")  # ROC AUC has no per-row loss
-    assert fresh.rows_since_shift(anomaly, labels > 1, guessed.astype(float)) is None
+    assert shift.rows_since_shift(anomaly, labels > 1, guessed.astype(float)) is None
 
 
 def test_calm_windows_rarely_look_shifted() -> None:
@@ -290,7 +291,7 @@ def test_calm_windows_rarely_look_shifted() -> None:
     rng = np.random.default_rng(7)
     spec = specs.get_spec("cost_prediction")
     y = np.zeros(1000)
-    found = sum(fresh.rows_since_shift(spec, y, rng.standard_t(3, 1000)) is not None
+    found = sum(shift.rows_since_shift(spec, y, rng.standard_t(3, 1000)) is not None
                 for _ in range(300))
     assert found <= 1, found
 

@@ -20,7 +20,7 @@ from backend.ml.data import loading, schema, synthetic
 from backend.ml.fleet import specs
 from backend.ml.fsio import file_lock, lock_holder
 from backend.ml.history import History
-from backend.ml.monitoring import fresh
+from backend.ml.monitoring import fresh, shift
 from backend.ml.monitoring.state import ModelMonitorState, monitor_file
 from backend.ml.runs import worker
 from backend.ml.runs.progress import RunInProgressError, RunProgress, current_run, progress_file
@@ -388,12 +388,12 @@ def test_a_run_after_a_shift_on_record_holds_out_half_of_the_rows_since(
     spec = specs.get_spec(name)
     table = loading.load_table(loading.open_readonly(small_db), spec.table)
     times = trainer.labelled_frame(spec, table)[0][schema.time_column(spec.table)]
-    shift = times.iloc[len(times) - 3 * fresh.fresh_minimum(spec)].to_pydatetime()
+    shifted_at = times.iloc[len(times) - 3 * fresh.fresh_minimum(spec)].to_pydatetime()
     with monitor_file(settings.LOGS_DIR).update() as state:
-        state.root[name] = ModelMonitorState(shift_since=shift.replace(tzinfo=UTC))
+        state.root[name] = ModelMonitorState(shift_since=shifted_at.replace(tzinfo=UTC))
     runner.run(models=[name], trigger="daily", actor="scheduler")
     meta = runner.services.store.metadata(name, "v0001")
-    expected = fresh.shift_holdout_start(spec, times, shift)
+    expected = shift.shift_holdout_start(spec, times, shifted_at)
     assert expected is not None and meta["holdout_start"] == expected
     held = int((times >= pd.Timestamp(expected)).sum())
     # half of the rows since, and the rows that share the first one's time (a shift's)

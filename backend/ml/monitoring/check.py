@@ -21,7 +21,7 @@ hyper-parameter search; with backoff between attempts. Each holds out only the n
 of the fresh rows, and at most RETRAIN_HOLDOUT_MINIMUMS times the model's fresh minimum
 (the gate compares with production there), so it learns from the rest: a shift that began
 late in a long fresh window reaches the fit, not only its holdout. When the live errors
-surely stepped inside the window (`fresh.rows_since_shift`), only the newest half of
+surely stepped inside the window (`shift.rows_since_shift`), only the newest half of
 the rows since the step is held out: the fit learns the new world from the other half.
 After the last failed attempt: one alert, the best version keeps serving (the promotion
 gate guarantees it), and the model cools down until new data arrives or the next daily
@@ -35,7 +35,7 @@ on those (`estimated.py`): verdict `estimated`, or `estimated_below_threshold` (
 a retrain only with ESTIMATE_ACTION=retrain), never a live score; each estimate is realized
 beside its labels when a later check finds them.
 
-Alerts before a model fails (`early_warnings`): drift that hurts the live score beyond its
+Alerts before a model fails (`early_warnings.py`): drift that hurts the live score beyond its
 noise (`drift_detected`, the rule and why in `backend.ml.training.drift`), and live scores
 sliding check after check (`performance_degradation`). A model whose standing verdict was
 degraded and is healthy again, by a check or by a retrain, raises one `recovered` (info).
@@ -61,8 +61,8 @@ import pandas as pd
 from backend.ml.data import schema
 from backend.ml.fleet import specs
 from backend.ml.fleet.scoring import get_metric
-from backend.ml.history.stats import TREND_WINDOW, score_trend
 from backend.ml.monitoring.ab import ab_test
+from backend.ml.monitoring.early_warnings import early_warnings
 from backend.ml.monitoring.estimated import estimate_pending, realize
 from backend.ml.monitoring.fresh import (
     MIN_EVENTS,
@@ -74,13 +74,12 @@ from backend.ml.monitoring.fresh import (
     live_window,
     pending_rows,
     retrain_holdout_start,
-    rows_since_shift,
     seen_ranges,
 )
+from backend.ml.monitoring.shift import rows_since_shift
 from backend.ml.monitoring.state import (
     Cooldown,
     ModelMonitorState,
-    ScoreTrail,
     monitor_file,
 )
 from backend.ml.monitoring.steps import CheckStep, ProgressFn, WallClock
@@ -91,7 +90,6 @@ from backend.ml.runs.runner import Runner
 from backend.ml.training import trainer
 from backend.ml.training.drift import (
     LiveScore,
-    drift_alert_due,
     drift_report,
     score_interval,
     suffers,
@@ -105,8 +103,6 @@ RETRY_STRATEGIES = (
     trainer.TrainOptions("recency_weighted", half_life_days=30.0),
     trainer.TrainOptions("search"),
 )
-# Live scores declining over the last TREND_WINDOW checks (history.stats.score_trend, the
-# one trend rule) are a performance_degradation warning, even above the threshold.
 
 
 class Monitor:
@@ -163,7 +159,7 @@ class Monitor:
                 verdicts[name] = CheckVerdict(Verdict.NO_MODEL)
             else:
                 verdicts[name] = self._check_model(name, serving, tables, state[name])
-                self.early_warnings(name, verdicts[name], state[name])
+                early_warnings(self.services.alerts, name, verdicts[name], state[name])
             checked = verdicts[name]
             self._report(CheckStep("checked", name, done=len(verdicts), total=len(served),
                                    verdict=checked.verdict.value,
@@ -275,44 +271,6 @@ class Monitor:
             self._seen[key] = seen_ranges(self.settings.DATABASE_URL, spec.table, cut)
         ranges = self._seen[key]
         return {f: ranges[f] for f in spec.numeric if f in ranges}
-
-    def early_warnings(self, name: str, result: CheckVerdict,
-                       model_state: ModelMonitorState) -> None:
-        """Alerts before a model fails: drifting inputs, and live scores sliding check after
-        check (each a warning, once per cooldown)."""
-        if result.live_score is None:
-            return
-        alerts, threshold, live = self.services.alerts, result.threshold, result.live_score
-        drift = result.drift or {}
-        # Shifted inputs are every season's normal, and so is a live score under a holdout
-        # from another season: only inputs gone where the training rows never went, with a
-        # score that fell beyond its noise, are drift (measurements in training/drift.py).
-        trained = result.holdout_score
-        low, high = result.live_interval or (live, live)
-        if drift_alert_due(drift, LiveScore(live, low, high, result.samples or 0), trained):
-            novel = drift["novel_features"]
-            features = ", ".join(f"{f} (PSI {v:.2f}, {share:.0%} outside)"
-                                 for f, v, share in novel)
-            alerts.notify("warning", "drift_detected",
-                          f"{name}'s inputs have moved where its training rows never went "
-                          f"({features}) and its live score fell from {trained:.4f} to "
-                          f"{live:.4f} (90% interval {low:.4f}-{high:.4f})", model=name,
-                          version=result.version, max_psi=drift["max_psi"],
-                          top_features=drift.get("top_features"), novel_features=novel,
-                          score=trained, live_score=live, live_interval=[low, high],
-                          threshold=threshold)
-        trail = model_state.trend
-        scores = trail.scores if trail is not None and trail.version == result.version else []
-        scores = [*scores, live][-TREND_WINDOW:]
-        model_state.trend = ScoreTrail(version=str(result.version), scores=scores)
-        trend = score_trend(scores)
-        drop = -trend.change
-        if trend.direction == "declining":
-            alerts.notify("warning", "performance_degradation",
-                          f"{name}'s live score has been falling for {len(scores)} checks "
-                          f"(fitted drop {drop:.3f}, now {scores[-1]:.4f}, threshold "
-                          f"{threshold:.2f})", model=name, version=result.version,
-                          live_score=scores[-1], threshold=threshold, scores=scores)
 
     def _settle(self, name: str, before: ModelMonitorState, after: ModelMonitorState,
                 result: CheckVerdict, timestamp: str) -> ModelMonitorState:

@@ -77,8 +77,8 @@ class ModelMonitorState(BaseModel):
     estimate: EstimateState | None = None
     awaiting_labels: list[EstimateState] = Field(default_factory=list)
     # The time of the first row after the newest sure step in the live errors a check
-    # found (`fresh.rows_since_shift`): every fit holds out only the newest half of the
-    # rows since, until the default holdout is the smaller (`fresh.shift_holdout_start`)
+    # found (`shift.rows_since_shift`): every fit holds out only the newest half of the
+    # rows since, until the default holdout is the smaller (`shift.shift_holdout_start`)
     shift_since: datetime | None = None
 
     def cooling_until(self, now: datetime) -> datetime | None:

@@ -42,12 +42,11 @@ from typing import Any
 import joblib
 import pandas as pd
 
-from backend.ml.data import loading, schema
+from backend.ml.data import loading
 from backend.ml.fleet import specs
 from backend.ml.fsio import lock_holder
 from backend.ml.history.document import TRIGGERS
-from backend.ml.monitoring.fresh import shift_holdout_start
-from backend.ml.monitoring.state import read_state
+from backend.ml.monitoring.shift import shift_holdouts
 from backend.ml.monitoring.steps import WallClock
 from backend.ml.runs import worker
 from backend.ml.runs.launcher import Launcher
@@ -292,7 +291,9 @@ class Runner:
             with threadpool_limits(limits=fit_threads(self.settings.TRAINING_N_JOBS)):
                 chosen = [specs.get_spec(n) for n in names]
                 tables = self._load(chosen)
-                options = {**self._after_shifts(chosen, tables, options), **options}
+                options = {**shift_holdouts(self.settings.LOGS_DIR, chosen, tables, options,
+                                            on_recover=self.services.report_recovery),
+                           **options}
                 results = self._fit(chosen, tables, options, progress_cb)
                 decisions = save_and_promote(self.services, run_id, results, tables, actor)
         except Exception as exc:
@@ -323,26 +324,6 @@ class Runner:
         as_of = self.clock.now()
         return {table: loading.load_table(engine, table, columns=wanted, labels_as_of=as_of)
                 for table, wanted in trainer.columns_by_table(chosen).items()}
-
-    def _after_shifts(self, chosen: Sequence[specs.ModelSpec],
-                      tables: Mapping[str, pd.DataFrame],
-                      given: Mapping[str, trainer.TrainOptions]) -> dict[str, trainer.TrainOptions]:
-        """Options for the models whose world a check found shifted (`shift_since` in the
-        monitor's state) and for which the caller chose none: the holdout that keeps half
-        of the rows since the shift in the fit (`fresh.shift_holdout_start`)."""
-        state = read_state(self.settings.LOGS_DIR, on_recover=self.services.report_recovery)
-        chosen_options = {}
-        for spec in chosen:
-            since = state.of(spec.name).shift_since
-            if since is None or spec.name in given:
-                continue
-            labelled, _ = trainer.labelled_frame(spec, tables[spec.table])
-            start = shift_holdout_start(spec, labelled[schema.time_column(spec.table)], since)
-            if start is not None:
-                logger.info("%s: its world shifted at %s; the fit holds out the rows from %s",
-                            spec.name, since.isoformat(), start)
-                chosen_options[spec.name] = trainer.TrainOptions(holdout_since=start)
-        return chosen_options
 
     def _fit(self, chosen: Sequence[specs.ModelSpec], tables: Mapping[str, pd.DataFrame],
              options: Mapping[str, trainer.TrainOptions],
